@@ -1,0 +1,42 @@
+# The front door: `make demo` sets up and runs the gateway on the embedded default;
+# `make test` runs every check and test. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: setup proto proto-check demo serve test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerates the Python code for every .proto; the output is committed and tests/test_proto_fresh.py
+# fails when it differs from what this target would write.
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py proto
+
+demo: $(STAMP)
+	$(BIN)/python -m simulators.demo
+
+serve: $(STAMP)
+	$(BIN)/ofd serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results

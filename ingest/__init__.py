@@ -1,0 +1,1 @@
+"""The edge: frame codec, TCP server, request pipeline, control API and CLI."""

@@ -1,0 +1,91 @@
+"""Frame bodies: parsing a Request and building the answers every command can get.
+
+Refusal answers carry only `command` and `result`, which have the same numbers in 2.0.3 and
+2.0.4, so they can be built with either schema; the request's own version is used anyway.
+"""
+
+from types import ModuleType
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from ingest.codec import FrameHeader, encode
+from ledger.errors import Refusal
+from ledger.results import ResultCode
+from ledger.schemas import SCHEMAS
+
+_FIELD_COMMAND_TAG = 0x08  # field 1, varint
+_VARINT_CONTINUES = 0x80
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & _VARINT_CONTINUES:
+            return value, pos
+        shift += 7
+
+
+def peek_command(body: bytes) -> int | None:
+    """The raw value of Request.command (field 1), even when the body does not parse whole.
+
+    Lets an unknown command be answered UNKNOWN_COMMAND rather than PROTOCOL_ERROR: proto2
+    parses an unknown enum value as missing, which would fail the required field.
+    """
+    pos = 0
+    try:
+        while pos < len(body):
+            tag, pos = _read_varint(body, pos)
+            wire_type = tag & 7
+            if tag == _FIELD_COMMAND_TAG:
+                return _read_varint(body, pos)[0]
+            if wire_type == 0:
+                pos = _read_varint(body, pos)[1]
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _read_varint(body, pos)
+                pos += length
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return None
+    except ValueError:
+        return None
+    return None
+
+
+def parse_request(schema: ModuleType, body: bytes) -> Any:
+    """The Request in `body`; raises Refusal with UNKNOWN_COMMAND or PROTOCOL_ERROR."""
+    try:
+        return schema.Request.FromString(body)
+    except DecodeError as err:
+        command = peek_command(body)
+        known = schema.CommandTypeEnum.values()
+        if command is not None and command not in known:
+            raise Refusal(ResultCode.UNKNOWN_COMMAND, f"unknown command {command}") from err
+        raise Refusal(ResultCode.PROTOCOL_ERROR, f"body does not parse: {err}") from err
+
+
+def response_frame(header: FrameHeader, token: int, response: Any) -> bytes:
+    body = response.SerializeToString()
+    return encode(header.version, header.device_id, token, header.request_number, body)
+
+
+def refusal_frame(header: FrameHeader, command: int, refusal: Refusal) -> bytes:
+    """The answer to a refused request: the device's own token is echoed, never the current one.
+
+    For a version we do not serve, the 2.0.3 schema builds the body (command and result are
+    wire-identical in every version) and the header echoes the device's version.
+    """
+    schema = SCHEMAS.get(header.version, SCHEMAS[203])
+    known = schema.CommandTypeEnum.values()
+    response = schema.Response(command=command if command in known else 0)
+    response.result.result_code = refusal.code
+    response.result.result_text = refusal.text
+    return response_frame(header, header.token, response)

@@ -1,0 +1,235 @@
+"""The request pipeline: one frame in, one answer frame out, durable before it leaves.
+
+    parse -> session rules (id, token, request number, retry) -> command handler
+          -> group commit (journal + device state) -> answer
+
+Device state is cached in process memory only as a hint: every success is checked by the
+conditional update in PostgreSQL, and every refusal or retry seen in the cache is re-checked
+against a fresh read before it is answered, so another gateway process (or the control API)
+changing a device can never make this one answer wrongly.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from ingest.body import parse_request, refusal_frame, response_frame
+from ingest.codec import Frame, FrameHeader, encode
+from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
+from ledger.device_state import DeviceState
+from ledger.errors import Refusal, SinkError, StateConflict
+from ledger.fiscal import next_token
+from ledger.group_commit import GroupCommitter
+from ledger.journal import JournalEntry
+from ledger.results import ResultCode
+from ledger.schemas import SCHEMAS
+from ledger.session import Verdict, check_session
+from ledger.state_store import load_state
+from ofdproto.journal.v1.record_pb2 import JournalRecord
+
+ENVELOPE_VERSION = 1
+# A request whose state write lost to a concurrent one is re-evaluated this many times at most.
+MAX_CONFLICT_ATTEMPTS = 3
+# Device states kept in memory; past this the cache is cleared piecemeal (it is only a hint).
+MAX_CACHED_DEVICES = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    gateway_id: str
+    fiscal: FiscalSettings
+    db_timeout: float = 3.0
+
+
+class DeviceLocks:
+    """Serialises the requests of one device inside this process (a retry racing its original
+    on two connections); requests of different devices run concurrently."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, device_id: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(device_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[device_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[device_id]
+            if users == 1:
+                del self._locks[device_id]
+            else:
+                self._locks[device_id] = (lock, users - 1)
+
+
+class Pipeline:
+    def __init__(
+        self, pool: asyncpg.Pool, committer: GroupCommitter, settings: PipelineSettings
+    ) -> None:
+        self._pool = pool
+        self._committer = committer
+        self._settings = settings
+        self._cache: dict[int, DeviceState] = {}
+        self._locks = DeviceLocks()
+
+    def forget(self, device_id: int) -> None:
+        """Drops the cached state of a device (the control API changed it)."""
+        self._cache.pop(device_id, None)
+
+    async def handle(self, frame: Frame) -> bytes:
+        """The answer frame for `frame`. Never raises for anything a device can send."""
+        received_at_us = time.time_ns() // 1000
+        header = frame.header
+        schema = SCHEMAS[header.version]
+        try:
+            request = parse_request(schema, frame.body)
+        except Refusal as refusal:
+            return refusal_frame(header, 0, refusal)
+        command = int(request.command)
+        async with self._locks.hold(header.device_id):
+            for _ in range(MAX_CONFLICT_ATTEMPTS):
+                try:
+                    return await self._serve(frame, request, received_at_us)
+                except StateConflict:
+                    self.forget(header.device_id)
+                except Refusal as refusal:
+                    return refusal_frame(header, command, refusal)
+                except SinkError as err:
+                    # The batch may or may not have committed: only a fresh read can tell.
+                    self.forget(header.device_id)
+                    unavailable = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, str(err))
+                    return refusal_frame(header, command, unavailable)
+        busy = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "device state kept changing")
+        return refusal_frame(header, command, busy)
+
+    async def _load(self, device_id: int) -> DeviceState | None:
+        try:
+            async with self._pool.acquire(timeout=self._settings.db_timeout) as conn:
+                state = await load_state(conn, device_id, timeout=self._settings.db_timeout)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+            raise SinkError(f"state store: {err!r}", retriable=True) from err
+        if state is None:
+            self._cache.pop(device_id, None)
+        else:
+            self._remember(state)
+        return state
+
+    def _remember(self, state: DeviceState) -> None:
+        if len(self._cache) >= MAX_CACHED_DEVICES and state.system_id not in self._cache:
+            del self._cache[next(iter(self._cache))]
+        self._cache[state.system_id] = state
+
+    async def _evaluate(self, header: FrameHeader, command: int) -> tuple[Verdict, DeviceState]:
+        """The session verdict, settled against PostgreSQL whenever the cache says no or retry."""
+        state = self._cache.get(header.device_id)
+        fresh = state is None
+        if state is None:
+            state = await self._load(header.device_id)
+        while True:
+            try:
+                verdict = check_session(state, header.token, header.request_number, command)
+            except Refusal:
+                if fresh:
+                    raise
+            else:
+                if verdict is Verdict.NEW or fresh:
+                    assert state is not None  # check_session refuses an unknown device
+                    return verdict, state
+            state = await self._load(header.device_id)
+            fresh = True
+
+    async def _serve(self, frame: Frame, request: Any, received_at_us: int) -> bytes:
+        header = frame.header
+        command = int(request.command)
+        verdict, state = await self._evaluate(header, command)
+        if verdict is Verdict.RETRY:
+            assert state.last_response is not None  # stored with every accepted request
+            return state.last_response
+        ctx = RequestContext(
+            schema=SCHEMAS[header.version],
+            version=header.version,
+            token=header.token,
+            request_number=header.request_number,
+            fiscal=self._settings.fiscal,
+        )
+        outcome = handler_for(command)(ctx, state, request)
+        token = header.token
+        if outcome.rotates_token:
+            token = next_token(
+                self._settings.fiscal.secret, header.device_id, header.token, header.request_number
+            )
+        answer = response_frame(header, token, outcome.response)
+        new_state = self._next_state(
+            state, header=header, command=command, token=token, answer=answer, outcome=outcome
+        )
+        entry = self._journal_entry(frame, command, answer, outcome, received_at_us)
+        await self._committer.commit(state.version, new_state, entry)
+        self._remember(new_state)
+        return answer
+
+    def _next_state(
+        self,
+        state: DeviceState,
+        *,
+        header: FrameHeader,
+        command: int,
+        token: int,
+        answer: bytes,
+        outcome: Outcome,
+    ) -> DeviceState:
+        changes: dict[str, Any] = {}
+        document = outcome.document
+        if document is not None:
+            changes["documents_accepted"] = state.documents_accepted + 1
+            if document.shift_number:
+                changes["last_document_shift"] = document.shift_number
+                changes["last_document_number"] = document.document_number
+                changes["shift_number"] = document.shift_number
+                changes["shift_open"] = True
+        return replace(
+            state,
+            version=state.version + 1,
+            token=token,
+            last_request_number=header.request_number,
+            last_request_token=header.token,
+            last_command=command,
+            last_response=answer,
+            protocol_version=header.version,
+            last_contact=datetime.now(UTC),
+            **changes,
+        )
+
+    def _journal_entry(
+        self, frame: Frame, command: int, answer: bytes, outcome: Outcome, received_at_us: int
+    ) -> JournalEntry | None:
+        document = outcome.document
+        if document is None:
+            return None
+        header = frame.header
+        record = JournalRecord(
+            envelope_version=ENVELOPE_VERSION,
+            device_id=header.device_id,
+            protocol_version=header.version,
+            received_at_us=received_at_us,
+            gateway_id=self._settings.gateway_id,
+            command=command,
+            request_number=header.request_number,
+            token=header.token,
+            document_id=document.document_id,
+            fiscal_sign=document.fiscal_sign,
+            # header and body re-encode to the very bytes received: the size field is derived
+            request_frame=encode(
+                header.version, header.device_id, header.token, header.request_number, frame.body
+            ),
+            response_frame=answer,
+        )
+        return JournalEntry(header.device_id, record.SerializeToString())

@@ -1,0 +1,61 @@
+"""One typed, frozen settings object, built once at start-up from flags and environment.
+
+Each component gets only its own section. Secrets never have defaults baked into code: the
+embedded default keeps a random one in the data directory.
+"""
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.commands import FiscalSettings
+from ingest.tcp_server import ServerSettings
+from ledger.group_commit import CommitSettings
+
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_TCP_PORT = 7777
+DEFAULT_CONTROL_PORT = 7778
+SECRET_BYTES = 32
+DEFAULT_GATEWAY_ID = "gw1"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    # None: start the embedded PostgreSQL (pgserver) in data_dir/pg.
+    database_url: str | None
+    gateway_id: str
+    server: ServerSettings
+    control_host: str
+    control_port: int
+    commit: CommitSettings
+    fiscal: FiscalSettings
+
+    @property
+    def journal_dir(self) -> Path:
+        # Each gateway process owns its journal (its own group commit, DESIGN.md item 7).
+        return self.data_dir / "journal" / self.gateway_id
+
+
+def load_secret(data_dir: Path, secret_hex: str | None) -> bytes:
+    """The server secret for fiscal signs and tokens: given, or kept in data_dir/secret."""
+    if secret_hex:
+        try:
+            secret = bytes.fromhex(secret_hex)
+        except ValueError as err:
+            raise ValueError("the secret must be hexadecimal") from err
+        if len(secret) < 16:
+            raise ValueError("the secret must be at least 16 bytes (32 hex digits)")
+        return secret
+    path = data_dir / "secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(SECRET_BYTES))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def default_gateway_id() -> str:
+    return os.environ.get("OFD_GATEWAY_ID") or DEFAULT_GATEWAY_ID

@@ -1,0 +1,1 @@
+"""The fiscal domain: session rules, fiscal signs, device registry and state, the journal."""

@@ -1,0 +1,65 @@
+"""Fiscal signs, tokens and QR URLs: deterministic functions of identity and a server secret.
+
+Deterministic so that a retry that slipped past the state store (journaled, then answered 254)
+gets the same fiscal sign on its resend, and the duplicate collapses downstream.
+"""
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+
+FISCAL_SIGN_DIGITS = 10  # like the signs real OFDs print: ten decimal digits
+_SIGN_FLOOR = 10 ** (FISCAL_SIGN_DIGITS - 1)
+_SIGN_SPAN = 9 * _SIGN_FLOOR
+MAX_TOKEN = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentIdentity:
+    """What makes a document the same document across every way a device resends it."""
+
+    system_id: int
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.system_id}/{self.key}"
+
+
+def ticket_identity(
+    system_id: int,
+    *,
+    shift_number: int,
+    document_number: int,
+    offline_number: int,
+    token: int,
+    request_number: int,
+) -> DocumentIdentity:
+    """Shift and printed number first (kept by the device across any resend), then the offline
+    number, then the request's token and number, per what the document carries (zero = absent)."""
+    if shift_number and document_number:
+        return DocumentIdentity(system_id, f"s{shift_number}/d{document_number}")
+    if offline_number:
+        return DocumentIdentity(system_id, f"o{offline_number}")
+    return DocumentIdentity(system_id, f"t{token}/r{request_number}")
+
+
+def _mac(secret: bytes, *parts: object) -> int:
+    message = "|".join(str(p) for p in parts).encode()
+    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:8], "big")
+
+
+def fiscal_sign(secret: bytes, identity: DocumentIdentity) -> str:
+    return str(_SIGN_FLOOR + _mac(secret, "sign", identity) % _SIGN_SPAN)
+
+
+def next_token(secret: bytes, system_id: int, token: int, request_number: int) -> int:
+    """The token to hand out after an accepted rotating request: never 0, never the old one."""
+    candidate = 1 + _mac(secret, "token", system_id, token, request_number) % MAX_TOKEN
+    return candidate if candidate != token else candidate % MAX_TOKEN + 1
+
+
+def qr_url(base_url: str, sign: str, kgd_number: str, total_tiyn: int, when: datetime) -> str:
+    """The check URL printed as the receipt's QR code (protocol.md, "Receipts")."""
+    tenge, tiyn = divmod(total_tiyn, 100)
+    return f"{base_url}?i={sign}&f={kgd_number}&s={tenge}.{tiyn:02d}&t={when:%Y%m%dT%H%M%S}"

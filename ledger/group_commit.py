@@ -1,0 +1,139 @@
+"""Group commit: the documents and state changes of concurrent requests become durable together.
+
+One batch is one PostgreSQL transaction and one journal sync. Inside the transaction the
+conditional state update runs first (it tells which changes won and takes their row locks), then
+the winners' documents are appended to the journal and synced, then the transaction commits.
+Only then are the waiting requests released, so a response never leaves before both its document
+and the device's new state are durable. If anything fails the transaction rolls back and every
+request of the batch is told so (the device gets 254 and retries); a document that reached the
+journal of a batch that then failed carries the identity its resend will carry, so the two
+collapse downstream.
+
+While one batch is being made durable the next one fills up: no timer is needed for batching.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from ledger.device_state import DeviceState
+from ledger.errors import SinkError, StateConflict
+from ledger.journal import Journal, JournalEntry
+from ledger.state_store import write_states
+
+# Bounds: a batch bigger than this waits for the next round; a queue longer than this sheds load
+# (the device is answered 254 at once rather than waiting past its 5 s transaction time).
+MAX_BATCH = 1024
+MAX_QUEUED = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSettings:
+    max_batch: int = MAX_BATCH
+    max_queued: int = MAX_QUEUED
+    # Every database call is bounded: a device gives up after 5 s, we answer 254 before that.
+    db_timeout: float = 3.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    expected_version: int
+    state: DeviceState
+    entry: JournalEntry | None
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(slots=True)
+class CommitStats:
+    batches: int = 0
+    changes: int = 0
+    conflicts: int = 0
+    failures: int = 0
+    shed: int = 0
+    last_batch_size: int = 0
+
+
+class GroupCommitter:
+    """Owns the write path of one gateway process; `run` is its task."""
+
+    def __init__(self, pool: asyncpg.Pool, journal: Journal, settings: CommitSettings) -> None:
+        self._pool = pool
+        self._journal = journal
+        self._settings = settings
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.max_queued)
+        self.stats = CommitStats()
+
+    async def commit(
+        self, expected_version: int, state: DeviceState, entry: JournalEntry | None
+    ) -> None:
+        """Returns once `state` (and `entry`, if any) are durable.
+
+        Raises StateConflict when the device's state is no longer `expected_version`, and
+        SinkError when the batch could not be made durable or the queue is full.
+        """
+        pending = _Pending(expected_version, state, entry)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull as err:
+            self.stats.shed += 1
+            raise SinkError("commit queue full: shedding load", retriable=True) from err
+        await pending.done
+
+    async def run(self) -> None:
+        batch: list[_Pending] = []
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._settings.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                await self._commit_batch(batch)
+        except asyncio.CancelledError:
+            # Shutting down: nobody may wait forever. A batch cut short rolled back.
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._fail(batch, SinkError("gateway shutting down", retriable=True))
+            raise
+
+    async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
+        self.stats.batches += 1
+        self.stats.last_batch_size = len(batch)
+        try:
+            won = await self._write(batch)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+            failure = SinkError(f"state store: {err!r}", retriable=True)
+            failure.__cause__ = err
+            self._fail(batch, failure)
+            return
+        except SinkError as err:
+            self._fail(batch, err)
+            return
+        for pending in batch:
+            if pending.done.done():  # the waiter was cancelled; the write stands regardless
+                continue
+            if pending.state.system_id in won:
+                self.stats.changes += 1
+                pending.done.set_result(None)
+            else:
+                self.stats.conflicts += 1
+                pending.done.set_exception(StateConflict(f"device {pending.state.system_id}"))
+
+    async def _write(self, batch: Sequence[_Pending]) -> set[int]:
+        timeout = self._settings.db_timeout
+        async with self._pool.acquire(timeout=timeout) as conn, conn.transaction():
+            won = await write_states(
+                conn, [(p.expected_version, p.state) for p in batch], timeout=timeout
+            )
+            entries = [p.entry for p in batch if p.entry is not None and p.state.system_id in won]
+            if entries:
+                await self._journal.append(entries)
+        return won
+
+    def _fail(self, batch: Sequence[_Pending], error: SinkError) -> None:
+        self.stats.failures += 1
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_exception(error)

@@ -1,0 +1,46 @@
+"""Result codes of the KKM<->OFD protocol, by number.
+
+The numbers are shared by 2.0.3 and 2.0.4; code 18 means ELEMENT_NOT_FOUND_BY_BARCODE in 2.0.3
+and DEREGISTERED in 2.0.4, so it has one name per meaning here and callers pick by version.
+"""
+
+from enum import IntEnum
+
+
+class ResultCode(IntEnum):
+    OK = 0
+    UNKNOWN_ID = 1
+    INVALID_TOKEN = 2
+    PROTOCOL_ERROR = 3
+    UNKNOWN_COMMAND = 4
+    UNSUPPORTED_COMMAND = 5
+    INVALID_REQUEST_NUMBER = 8
+    INVALID_RETRY_REQUEST = 9
+    OPEN_SHIFT_TIMEOUT_EXPIRED = 11
+    INCORRECT_REQUEST_DATA = 13
+    NOT_ENOUGH_CASH = 14
+    BLOCKED = 15
+    SAME_TAXPAYER_AND_CUSTOMER = 17
+    CODE_18 = 18
+    DISCONNECTED = 19
+    SERVICE_TEMPORARILY_UNAVAILABLE = 254
+    UNKNOWN_ERROR = 255
+
+
+class Command(IntEnum):
+    SYSTEM = 0
+    TICKET = 1
+    CLOSE_SHIFT = 2
+    REPORT = 3
+    NOMENCLATURE = 4
+    INFO = 5
+    MONEY_PLACEMENT = 6
+    CANCEL_TICKET = 7
+    AUTH = 8
+    QR_GENERATE = 100
+    QR_GET_STATUS = 101
+    RESERVED = 127
+
+
+# The OFD may hand out a new token only in answer to these (protocol.md, "Token, request number").
+TOKEN_ROTATING_COMMANDS = frozenset({Command.TICKET, Command.CLOSE_SHIFT, Command.MONEY_PLACEMENT})

@@ -1,0 +1,117 @@
+"""Device state in PostgreSQL: loading one device, and writing a batch of changes at once.
+
+Every write is conditional on the version the change was computed from, so that two gateway
+processes (or a retry racing its original) can never both win: the loser sees its device missing
+from the returned ids and re-evaluates against the winner's state.
+"""
+
+from collections.abc import Sequence
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ledger.device_state import DeviceState, RegInfo
+
+# A connection of our own or one lent by a pool: both run queries alike.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+LOAD_SQL = """
+SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.model,
+       o.title AS org_title, o.address AS org_address, o.address_kz AS org_address_kz,
+       o.iin AS org_iin, o.oked AS org_oked,
+       p.title AS point_title, p.address AS point_address, p.address_kz AS point_address_kz,
+       p.latitude, p.longitude,
+       s.version, s.token, s.last_request_number, s.last_request_token, s.last_command,
+       s.last_response, s.shift_number, s.shift_open, s.last_document_shift,
+       s.last_document_number, s.documents_accepted, s.protocol_version, s.last_contact
+FROM devices d
+JOIN trade_points p ON p.id = d.trade_point_id
+JOIN organizations o ON o.id = p.organization_id
+JOIN device_state s ON s.system_id = d.system_id
+WHERE d.system_id = $1
+"""
+
+# One statement for the whole batch: unnest zips the column arrays into rows.
+WRITE_BATCH_SQL = """
+UPDATE device_state AS s SET
+    version = u.version + 1, token = u.token, last_request_number = u.lrn,
+    last_request_token = u.lrt, last_command = u.lc, last_response = u.lr,
+    shift_number = u.sn, shift_open = u.so, last_document_shift = u.lds,
+    last_document_number = u.ldn, documents_accepted = u.da, protocol_version = u.pv,
+    last_contact = u.contact
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[], $5::bigint[],
+            $6::integer[], $7::bytea[], $8::integer[], $9::boolean[], $10::integer[],
+            $11::bigint[], $12::bigint[], $13::integer[], $14::timestamptz[])
+     AS u(system_id, version, token, lrn, lrt, lc, lr, sn, so, lds, ldn, da, pv, contact)
+WHERE s.system_id = u.system_id AND s.version = u.version
+RETURNING s.system_id
+"""
+
+
+def _state_from_row(row: asyncpg.Record) -> DeviceState:
+    reg = RegInfo(
+        kgd_registration_number=row["kgd_registration_number"],
+        serial_number=row["serial_number"],
+        model=row["model"],
+        org_title=row["org_title"],
+        org_address=row["org_address"],
+        org_address_kz=row["org_address_kz"],
+        org_iin=row["org_iin"],
+        org_oked=row["org_oked"],
+        point_title=row["point_title"],
+        point_address=row["point_address"],
+        point_address_kz=row["point_address_kz"],
+        latitude=row["latitude"],
+        longitude=row["longitude"],
+    )
+    return DeviceState(
+        system_id=row["system_id"],
+        status=row["status"],
+        reg=reg,
+        version=row["version"],
+        token=row["token"],
+        last_request_number=row["last_request_number"],
+        last_request_token=row["last_request_token"],
+        last_command=row["last_command"],
+        last_response=row["last_response"],
+        shift_number=row["shift_number"],
+        shift_open=row["shift_open"],
+        last_document_shift=row["last_document_shift"],
+        last_document_number=row["last_document_number"],
+        documents_accepted=row["documents_accepted"],
+        protocol_version=row["protocol_version"],
+        last_contact=row["last_contact"],
+    )
+
+
+async def load_state(conn: Conn, system_id: int, *, timeout: float) -> DeviceState | None:
+    row = await conn.fetchrow(LOAD_SQL, system_id, timeout=timeout)
+    return None if row is None else _state_from_row(row)
+
+
+async def write_states(
+    conn: Conn, changes: Sequence[tuple[int, DeviceState]], *, timeout: float
+) -> set[int]:
+    """Writes each (expected_version, new_state); returns the system ids whose write won.
+
+    The caller runs this inside a transaction and must not put one device twice in a batch.
+    """
+    rows = await conn.fetch(
+        WRITE_BATCH_SQL,
+        [s.system_id for _, s in changes],
+        [expected for expected, _ in changes],
+        [s.token for _, s in changes],
+        [s.last_request_number for _, s in changes],
+        [s.last_request_token for _, s in changes],
+        [s.last_command for _, s in changes],
+        [s.last_response for _, s in changes],
+        [s.shift_number for _, s in changes],
+        [s.shift_open for _, s in changes],
+        [s.last_document_shift for _, s in changes],
+        [s.last_document_number for _, s in changes],
+        [s.documents_accepted for _, s in changes],
+        [s.protocol_version for _, s in changes],
+        [s.last_contact for _, s in changes],
+        timeout=timeout,
+    )
+    return {r["system_id"] for r in rows}
