@@ -5,9 +5,8 @@ in the data directory only, so nothing else on the machine is touched. As root i
 as a system user of its own, since PostgreSQL refuses to run as root.
 """
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 # A Unix socket path must fit in 107 bytes; pgserver puts the socket in the data directory.
 MAX_SOCKET_DIR_LENGTH = 90

@@ -1,0 +1,111 @@
+"""Shared fixtures: a fresh PostgreSQL database per test on the machine's real server, an
+in-process gateway on free ports, and registered devices.
+
+PostgreSQL is the real server on 127.0.0.1:5432 (OFD_TEST_PG overrides); a test that needs it
+fails, not skips, when it is down: `make test` promises tests against the real thing.
+"""
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingest.app import RunningGateway, running_gateway
+from ingest.commands import FiscalSettings
+from ingest.settings import Settings
+from ingest.tcp_server import ServerSettings
+from ledger import registry
+from ledger.group_commit import CommitSettings
+from ledger.migrate import migrate
+
+PG_SERVER = os.environ.get("OFD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+TEST_SECRET = bytes(range(32))
+
+
+def _dsn(database: str) -> str:
+    return f"{PG_SERVER}/{database}"
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A new empty database, dropped afterwards."""
+    name = f"ofd_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_dsn("postgres"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _dsn(name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def gateway_settings(
+    data_dir: Path, database_url: str, *, gateway_id: str = "gw-test", port: int = 0
+) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        gateway_id=gateway_id,
+        server=ServerSettings(host="127.0.0.1", port=port, read_timeout=2.0, idle_timeout=5.0),
+        control_host="127.0.0.1",
+        control_port=0,
+        commit=CommitSettings(),
+        fiscal=FiscalSettings(secret=TEST_SECRET),
+    )
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, database_url: str) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(gateway_settings(tmp_path, database_url)) as running:
+        yield running
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    system_id: int
+    token: int
+    kgd_registration_number: str
+
+
+async def register_device(
+    database_url: str, *, token: int | None = None, activate: bool = True
+) -> RegisteredDevice:
+    """Adds an organization, trade point and device, marks it registered and issues a token
+    (or sets `token`, to test values such as those above 2^31)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        iin = f"{secrets.randbelow(10**12):012d}"
+        org = await registry.add_organization(
+            conn, registry.Organization(0, iin, "ТОО Тест", "Алматы", "Алматы", "47111")
+        )
+        point = await registry.add_trade_point(
+            conn, registry.TradePoint(0, org.id, "Дүкен 1", "Абай 1", "Абай 1", 43238949, 76889709)
+        )
+        kgd = f"{secrets.randbelow(10**12):012d}"
+        device = await registry.add_device(
+            conn, registry.Device(0, kgd, "SN-1", "Test KKM", 2024, point.id, "")
+        )
+        issued = await registry.issue_token(conn, device.system_id)
+        if token is not None:
+            await conn.execute(
+                "UPDATE device_state SET token = $2 WHERE system_id = $1", device.system_id, token
+            )
+            issued = token
+        if activate:
+            await registry.set_status(conn, device.system_id, "registered")
+        return RegisteredDevice(device.system_id, issued, kgd)
+    finally:
+        await conn.close()
