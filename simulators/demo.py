@@ -1,0 +1,192 @@
+"""`make demo`: the foundation end to end on the embedded default.
+
+Starts a gateway (embedded PostgreSQL from pgserver, local journal) in .ofd-demo, registers three
+simulated cash registers through the control API (two speaking 2.0.3, one 2.0.4), and has each
+send a shift of receipts over TCP, one connection per request like the reference client. One
+device drops its connection before reading an answer and retransmits, as a real device does after
+a lost answer. Then it stops the gateway and shows that the journal holds every acknowledged
+receipt exactly once. Exits 0 only if every check holds.
+"""
+
+import asyncio
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from ingest.control import ControlClient
+from ledger.journal_view import journal_records
+from ledger.schemas import SCHEMAS
+from ofdproto.control.v1 import control_pb2 as pb
+from simulators.gateway_process import GatewayProcess, start_gateway
+from simulators.kkm import SimulatedKkm
+from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
+
+DATA_DIR = Path(".ofd-demo")
+DEMO_PORT, DEMO_CONTROL_PORT = 7777, 7778  # the defaults of `ofd serve`, below the ephemeral range
+RECEIPTS_PER_SHIFT = 12
+DROPPED_RECEIPT = 5  # the receipt whose answer the third device never reads
+PAYMENTS: tuple[PaymentKind, ...] = ("cash", "card", "mobile")
+SHIFT_START = datetime(2026, 11, 26, 9, 0)
+
+
+@dataclass
+class DemoDevice:
+    name: str
+    version: int
+    system_id: int
+    first_token: int
+    acknowledged: dict[str, str] = field(default_factory=dict)  # fiscal sign -> document
+    notes: list[str] = field(default_factory=list)
+
+
+def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoDevice]:
+    org = control.call(
+        "AddOrganization",
+        pb.Organization(
+            iin="180540012345",
+            title="ТОО «Демо Дүкен»",
+            address="Алматы, Абай 10",
+            address_kz="Алматы, Абай 10",
+            oked="47111",
+        ),
+    )
+    point = control.call(
+        "AddTradePoint",
+        pb.TradePoint(
+            organization_id=org.id,
+            title="Дүкен №1",
+            address="Алматы, Абай 10",
+            address_kz="Алматы, Абай 10",
+            latitude=43238949,
+            longitude=76889709,
+        ),
+    )
+    devices = []
+    for index, (name, version) in enumerate(specs, start=1):
+        device = control.call(
+            "AddDevice",
+            pb.Device(
+                kgd_registration_number=f"6403000145{index:02d}",
+                serial_number=f"DEMO-{index}",
+                model="Demo KKM",
+                year=2025,
+                trade_point_id=point.id,
+            ),
+        )
+        control.call("ActivateDevice", pb.DeviceRef(system_id=device.system_id))
+        token = control.call("IssueToken", pb.DeviceRef(system_id=device.system_id)).token
+        devices.append(DemoDevice(name, version, device.system_id, token))
+    return devices
+
+
+async def run_shift(gateway: GatewayProcess, device: DemoDevice, drops_answer: bool) -> None:
+    kkm = SimulatedKkm(
+        gateway.host,
+        gateway.port,
+        version=device.version,
+        system_id=device.system_id,
+        token=device.first_token,
+    )
+    schema = SCHEMAS[device.version]
+    rng = random.Random(device.system_id)
+    await kkm.send(build_system(schema, get_reg_info=True))
+    info = await kkm.send(build_info(schema))
+    device.notes.append(
+        f"INFO: last document {info.service.last_document_info.fr_shift_number}"
+        f"/{info.service.last_document_info.printed_document_number}"
+    )
+    for number in range(1, RECEIPTS_PER_SHIFT + 1):
+        ticket = build_ticket(
+            schema,
+            when=SHIFT_START + timedelta(minutes=7 * number),
+            shift_number=1,
+            document_number=number,
+            lines=random_lines(rng, rng.randint(1, 4)),
+            payment=PAYMENTS[number % len(PAYMENTS)],
+        )
+        if drops_answer and number == DROPPED_RECEIPT:
+            await kkm.send_and_drop(ticket)
+            first = await kkm.retransmit()
+            first_bytes = kkm.last_response_frame
+            again = await kkm.retransmit()
+            identical = kkm.last_response_frame == first_bytes
+            device.notes.append(
+                f"receipt {number}: connection dropped before the answer was read; "
+                f"retransmitted twice -> sign {first.ticket.ticket_number} both times, "
+                f"answers byte-identical: {identical}"
+            )
+            if not identical or again.ticket.ticket_number != first.ticket.ticket_number:
+                raise SystemExit("retransmission was not answered identically")
+            response = again
+        else:
+            response = await kkm.send(ticket)
+        if response.result.result_code != 0:
+            raise SystemExit(f"{device.name}: receipt {number} refused: {response.result}")
+        device.acknowledged[response.ticket.ticket_number] = f"s1/d{number}"
+    device.notes.append(f"token now {kkm.token} (first {device.first_token})")
+    await kkm.close()
+
+
+def check_journal(devices: list[DemoDevice]) -> bool:
+    counts: dict[tuple[int, str], int] = {}
+    for record in journal_records(DATA_DIR / "journal"):
+        key = (record.device_id, record.fiscal_sign)
+        counts[key] = counts.get(key, 0) + 1
+    ok = True
+    print("\njournal check (after the gateway stopped):")
+    for device in devices:
+        held = [counts.get((device.system_id, sign), 0) for sign in device.acknowledged]
+        exactly_once = all(n == 1 for n in held)
+        extra = sum(n for (sid, _), n in counts.items() if sid == device.system_id) - sum(held)
+        print(
+            f"  {device.name}: {len(device.acknowledged)} acknowledged receipts, "
+            f"{sum(held)} in the journal, each exactly once: {exactly_once}, "
+            f"unacknowledged extras: {extra}"
+        )
+        ok = ok and exactly_once and extra == 0
+    print(f"  total records: {sum(counts.values())}")
+    return ok
+
+
+def main() -> int:
+    if DATA_DIR.exists():
+        shutil.rmtree(DATA_DIR)
+    DATA_DIR.mkdir()
+    print(f"starting the gateway on the embedded default (data in {DATA_DIR}/) ...")
+    gateway = start_gateway(
+        DATA_DIR, port=DEMO_PORT, control_port=DEMO_CONTROL_PORT, log_path=DATA_DIR / "gateway.log"
+    )
+    try:
+        print(f"gateway ready: TCP {gateway.host}:{gateway.port}, control API {gateway.control}")
+        control = ControlClient(gateway.control)
+        devices = register(
+            control, [("kkm-A (2.0.3)", 203), ("kkm-B (2.0.4)", 204), ("kkm-C (2.0.3)", 203)]
+        )
+        control.close()
+        for d in devices:
+            print(f"registered {d.name}: system id {d.system_id}, token {d.first_token}")
+
+        async def shifts() -> None:
+            await asyncio.gather(*(run_shift(gateway, d, d is devices[-1]) for d in devices))
+
+        asyncio.run(shifts())
+        for d in devices:
+            print(f"\n{d.name} sent a shift of {RECEIPTS_PER_SHIFT} receipts:")
+            for sign, doc in list(d.acknowledged.items())[:3]:
+                print(f"  {doc}: fiscal sign {sign}")
+            print(f"  ... {len(d.acknowledged)} acknowledged in all")
+            for note in d.notes:
+                print(f"  {note}")
+    finally:
+        code = gateway.stop()
+        print(f"\ngateway stopped (exit code {code})")
+    ok = check_journal(devices)
+    print("\ndemo " + ("passed" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
