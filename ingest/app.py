@@ -10,6 +10,7 @@ import asyncpg
 import grpc.aio
 
 from ingest.control import ControlService
+from ingest.logs import configure_logging
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
@@ -84,6 +85,7 @@ async def _drain(tcp: TcpServer) -> None:
 
 async def serve(settings: Settings) -> None:
     """`ofd serve`: runs until SIGINT or SIGTERM, printing one ready line for scripts."""
+    configure_logging()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import structlog
 
-from ingest.body import parse_request, refusal_frame, response_frame
+from ingest.body import parse_request, peek_command, refusal_frame, response_frame
 from ingest.codec import Frame, FrameHeader, encode
 from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
 from ledger.device_state import DeviceState
@@ -32,6 +33,8 @@ from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
 from ledger.state_store import load_state
 from ofdproto.journal.v1.record_pb2 import JournalRecord
+
+log = structlog.get_logger(__name__)
 
 ENVELOPE_VERSION = 1
 # A request whose state write lost to a concurrent one is re-evaluated this many times at most.
@@ -86,7 +89,21 @@ class Pipeline:
         self._cache.pop(device_id, None)
 
     async def handle(self, frame: Frame) -> bytes:
-        """The answer frame for `frame`. Never raises for anything a device can send."""
+        """The answer frame for `frame`. Never raises: a bug costs one answer (255), never the
+        connection or the gateway."""
+        try:
+            return await self._handle(frame)
+        except Exception:
+            header = frame.header
+            log.exception(
+                "request failed",
+                device_id=header.device_id,
+                request_number=header.request_number,
+            )
+            failure = Refusal(ResultCode.UNKNOWN_ERROR, "internal error")
+            return refusal_frame(header, peek_command(frame.body) or 0, failure)
+
+    async def _handle(self, frame: Frame) -> bytes:
         received_at_us = time.time_ns() // 1000
         header = frame.header
         schema = SCHEMAS[header.version]
@@ -106,6 +123,12 @@ class Pipeline:
                 except SinkError as err:
                     # The batch may or may not have committed: only a fresh read can tell.
                     self.forget(header.device_id)
+                    log.warning(
+                        "durable write failed",
+                        device_id=header.device_id,
+                        request_number=header.request_number,
+                        error=str(err),
+                    )
                     unavailable = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, str(err))
                     return refusal_frame(header, command, unavailable)
         busy = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "device state kept changing")
