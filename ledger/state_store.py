@@ -95,7 +95,10 @@ async def write_states(
     """Writes each (expected_version, new_state); returns the system ids whose write won.
 
     The caller runs this inside a transaction and must not put one device twice in a batch.
+    Rows are written in system id order, so two gateways whose batches share devices take the
+    row locks in the same order and cannot deadlock.
     """
+    changes = sorted(changes, key=lambda change: change[1].system_id)
     rows = await conn.fetch(
         WRITE_BATCH_SQL,
         [s.system_id for _, s in changes],
