@@ -61,15 +61,27 @@ def peek_command(body: bytes) -> int | None:
 
 
 def parse_request(schema: ModuleType, body: bytes) -> Any:
-    """The Request in `body`; raises Refusal with UNKNOWN_COMMAND or PROTOCOL_ERROR."""
+    """The Request in `body`; raises Refusal with UNKNOWN_COMMAND or PROTOCOL_ERROR.
+
+    The Python runtime does not enforce proto2's required fields while parsing (an empty body,
+    or an unknown command value, would parse as a SYSTEM request), so they are checked here.
+    """
     try:
-        return schema.Request.FromString(body)
+        request = schema.Request.FromString(body)
     except DecodeError as err:
-        command = peek_command(body)
-        known = schema.CommandTypeEnum.values()
-        if command is not None and command not in known:
-            raise Refusal(ResultCode.UNKNOWN_COMMAND, f"unknown command {command}") from err
-        raise Refusal(ResultCode.PROTOCOL_ERROR, f"body does not parse: {err}") from err
+        raise _unparsable(schema, body, str(err)) from err
+    if not request.IsInitialized():
+        missing = ", ".join(request.FindInitializationErrors())
+        raise _unparsable(schema, body, f"required fields missing: {missing}")
+    return request
+
+
+def _unparsable(schema: ModuleType, body: bytes, reason: str) -> Refusal:
+    command = peek_command(body)
+    known = schema.CommandTypeEnum.values()
+    if command is not None and command not in known:
+        return Refusal(ResultCode.UNKNOWN_COMMAND, f"unknown command {command}")
+    return Refusal(ResultCode.PROTOCOL_ERROR, f"body does not parse: {reason}")
 
 
 def response_frame(header: FrameHeader, token: int, response: Any) -> bytes:

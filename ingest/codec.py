@@ -95,20 +95,19 @@ class FrameDecoder:
         self._pending_header = None
         return Frame(header, body)
 
-    def frames(self) -> list[Frame]:
-        """Every whole frame buffered now.
+    def frames(self) -> tuple[list[Frame], FrameError | None]:
+        """Every whole frame buffered now, and the error that ended the stream, if it did.
 
-        Good frames before a bad one are returned first; the FrameError is raised by the next
-        call, so the requests that did arrive whole still get their answers.
+        Both at once: the requests that arrived whole before broken framing still get their
+        answers, and the error is not left for a later call that may never come.
         """
         out: list[Frame] = []
         try:
             while (frame := self.next_frame()) is not None:
                 out.append(frame)
-        except FrameError:
-            if not out:
-                raise
-        return out
+        except FrameError as err:
+            return out, err
+        return out, None
 
     def _parse_header(self) -> FrameHeader:
         app, version, size, device_id, token, request_number = HEADER.unpack_from(self._buffer)

@@ -86,13 +86,11 @@ class FrameProtocol(asyncio.Protocol):
             return
         idle_before = self._decoder.buffered == 0
         self._decoder.feed(data)
-        try:
-            frames = self._decoder.frames()
-        except FrameError as err:
+        frames, error = self._decoder.frames()
+        if error is not None:
             self._server.stats.frame_errors += 1
-            self._fatal = err
+            self._fatal = error
             self._peer_done = True
-            frames = []
         if idle_before and self._decoder.buffered:
             self._waiting_since = self._loop.time()
         self._queue.extend(frames)

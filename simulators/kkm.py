@@ -249,6 +249,10 @@ class SimulatedKkm:
             response: Response = schema.Response.FromString(raw[HEADER_SIZE:])
         except DecodeError as error:
             raise BadResponse(f"answer body does not parse: {error}") from error
+        # Python's protobuf does not enforce proto2 required fields while parsing.
+        if not response.IsInitialized():
+            missing = ", ".join(response.FindInitializationErrors())
+            raise BadResponse(f"answer lacks required fields: {missing}")
         if response.result.result_code == ResultCode.OK:
             self._token = header.token
         return response

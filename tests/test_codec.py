@@ -145,9 +145,9 @@ def test_several_frames_in_one_feed() -> None:
     sent = [sample(1), sample(2, b""), sample(3, b"\xff" * 1000), sample(4)]
     decoder = FrameDecoder()
     decoder.feed(b"".join(wire(f) for f in sent))
-    assert decoder.frames() == sent
+    assert decoder.frames() == (sent, None)
     assert decoder.buffered == 0
-    assert decoder.frames() == []
+    assert decoder.frames() == ([], None)
 
 
 @pytest.mark.parametrize("kept", [1, 5, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 3])
@@ -156,12 +156,12 @@ def test_trailing_partial_bytes_kept_and_completed_later(kept: int) -> None:
     data = wire(second)
     decoder = FrameDecoder()
     decoder.feed(wire(first) + data[:kept])
-    assert decoder.frames() == [first]
+    assert decoder.frames() == ([first], None)
     assert decoder.buffered == kept
     assert decoder.next_frame() is None
     assert decoder.buffered == kept
     decoder.feed(data[kept:])
-    assert decoder.frames() == [second]
+    assert decoder.frames() == ([second], None)
     assert decoder.buffered == 0
 
 
@@ -318,8 +318,7 @@ def test_decoder_stays_failed(bad: bytes) -> None:
         with pytest.raises(FrameError) as again:
             decoder.next_frame()
         assert again.value is first.value
-    with pytest.raises(FrameError):
-        decoder.frames()
+    assert decoder.frames() == ([], first.value)
     assert decoder.buffered <= HEADER_SIZE
 
 
@@ -336,11 +335,23 @@ def test_good_frames_before_a_bad_one_come_first() -> None:
     assert caught.value.header.request_number == 3
 
 
-def test_frames_raises_when_the_first_frame_is_bad() -> None:
+def test_frames_returns_good_frames_and_the_error_together() -> None:
+    good = [sample(1), sample(2, b"")]
+    decoder = FrameDecoder()
+    decoder.feed(b"".join(wire(f) for f in good) + encode(202, 77, 88, 3, b"xyz"))
+    frames, error = decoder.frames()
+    assert frames == good
+    assert error is not None
+    assert error.header is not None
+    assert error.header.device_id == 77
+
+
+def test_frames_reports_an_error_when_the_first_frame_is_bad() -> None:
     decoder = FrameDecoder()
     decoder.feed(raw_header(app=0) + wire(sample()))
-    with pytest.raises(FrameError):
-        decoder.frames()
+    frames, error = decoder.frames()
+    assert frames == []
+    assert isinstance(error, FrameError)
 
 
 def test_frame_error_is_a_protocol_error_refusal() -> None:

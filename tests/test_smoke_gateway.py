@@ -14,8 +14,9 @@ async def test_receipt_gets_fiscal_sign_and_rotated_token(
     gateway: RunningGateway, database_url: str
 ) -> None:
     device = await register_device(database_url)
-    kkm = SimulatedKkm("127.0.0.1", gateway.tcp.port, version=203, system_id=device.system_id,
-                       token=device.token)  # fmt: skip
+    kkm = SimulatedKkm(
+        "127.0.0.1", gateway.tcp.port, version=203, system_id=device.system_id, token=device.token
+    )
     ticket = build_ticket(
         SCHEMAS[203],
         when=datetime(2026, 11, 26, 12, 30, 5),
