@@ -251,8 +251,7 @@ class SimulatedKkm:
             raise BadResponse(f"answer body does not parse: {error}") from error
         # Python's protobuf does not enforce proto2 required fields while parsing.
         if not response.IsInitialized():
-            missing = ", ".join(response.FindInitializationErrors())
-            raise BadResponse(f"answer lacks required fields: {missing}")
+            raise BadResponse("answer lacks required fields")
         if response.result.result_code == ResultCode.OK:
             self._token = header.token
         return response
