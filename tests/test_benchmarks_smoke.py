@@ -1,0 +1,118 @@
+"""The benchmark machinery, run for a fraction of a second: well-formed results, no timings.
+
+Benchmarks are not tests; this only checks that the generator, the floor, the /proc probes and
+the report work, and that the generator speaks the protocol well enough for a real gateway to
+answer every request OK (which needs the token rule applied to every answer).
+"""
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import register_device
+
+from benchmarks.bodies import build_pool, ticket_ok_body
+from benchmarks.echo_floor import EchoProtocol
+from benchmarks.load import MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
+from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, sample
+from benchmarks.report import Measurement, document, ratios, table
+from ingest.app import RunningGateway
+from ledger.schemas import SCHEMAS
+
+SHORT = {"warmup": 0.05, "seconds": 0.25}
+POOL = build_pool(203, size=5)
+
+
+@pytest.fixture
+async def floor_port() -> AsyncIterator[int]:
+    answer = ticket_ok_body(POOL)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: EchoProtocol(answer), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def _check_well_formed(result: LoadResult, mode: Mode, devices: int) -> None:
+    assert result.valid, result
+    assert result.mode == mode
+    assert result.devices == devices
+    assert result.requests > 0
+    assert result.throughput > 0
+    assert result.total_ok >= result.requests
+    lat = result.latency_us
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert result.answer_bytes_mean > 18
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_load_against_echo_floor(floor_port: int, mode: Mode) -> None:
+    keys = (DeviceKey(1, 7), DeviceKey(2, 7), DeviceKey(3, 7))
+    result = await run_load(LoadConfig("127.0.0.1", floor_port, mode, keys, POOL, **SHORT))
+    _check_well_formed(result, mode, 3)
+    assert result.answer_bytes_mean == 18 + len(ticket_ok_body(POOL))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_load_against_gateway_is_all_ok(
+    gateway: RunningGateway, database_url: str, mode: Mode
+) -> None:
+    devices = [await register_device(database_url) for _ in range(2)]
+    keys = tuple(DeviceKey(d.system_id, d.token) for d in devices)
+    result = await run_load(LoadConfig("127.0.0.1", gateway.tcp.port, mode, keys, POOL, **SHORT))
+    _check_well_formed(result, mode, 2)
+
+
+async def test_probe_is_called_at_the_window_edges(floor_port: int) -> None:
+    calls: list[str] = []
+
+    class Probe:
+        def begin(self) -> None:
+            calls.append("begin")
+
+        def end(self) -> None:
+            calls.append("end")
+
+    config = LoadConfig("127.0.0.1", floor_port, "persistent", (DeviceKey(1, 1),), POOL, **SHORT)
+    await run_load(config, Probe())
+    assert calls == ["begin", "end"]
+
+
+def test_pool_keeps_every_document_distinct_past_its_end() -> None:
+    schema = SCHEMAS[203]
+    seen = set()
+    for sequence in range(12):  # past the 5 bodies twice
+        ticket = schema.Request.FromString(POOL.body(sequence)).ticket
+        seen.add((ticket.fr_shift_number, ticket.printed_document_number))
+    assert len(seen) == 12
+
+
+def test_procstat_reads_this_process() -> None:
+    pid = os.getpid()
+    before = sample([pid], with_children=False)
+    sum(i * i for i in range(200_000))  # burn a little CPU
+    after = sample([pid], with_children=False)
+    assert cpu_seconds_between(before, after) >= 0
+    rss = peak_rss_kib(pid)
+    assert rss is not None
+    assert rss > 0
+
+
+def test_report_table_and_json() -> None:
+    def fake(target: str, throughput: float) -> Measurement:
+        load = LoadResult("persistent", 2, 1.0, int(throughput), throughput,
+                          {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "mean": 1.5},
+                          5.0, 119.0, int(throughput), {}, 0, 0, 0)  # fmt: skip
+        return Measurement(target, load, 10.0, 0.5, None if target == "floor" else 3.0, 1024)
+
+    measurements = [fake("floor", 1000.0), fake("gateway", 400.0)]
+    assert ratios(measurements) == {"persistent": 0.4}
+    text = table(measurements)
+    assert "gateway/floor throughput, persistent: 0.400" in text
+    doc = json.loads(json.dumps(document(measurements, {"devices": 2})))
+    assert doc["valid"] is True
+    assert [run["target"] for run in doc["runs"]] == ["floor", "gateway"]
+    assert doc["runs"][1]["total_server_cpu_us_per_request"] == 13.0
