@@ -34,7 +34,7 @@ from ingest.settings import (
     load_secret,
 )
 from ingest.tcp_server import ServerSettings
-from ledger.group_commit import CommitSettings
+from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal_view import summarize_journal
 from ofdproto.control.v1 import control_pb2 as pb
 
@@ -55,7 +55,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         server=ServerSettings(host=args.host, port=args.port, reuse_port=args.reuse_port),
         control_host=args.host,
         control_port=args.control_port,
-        commit=CommitSettings(),
+        commit=CommitSettings(workers=args.commit_workers),
         fiscal=FiscalSettings(secret=load_secret(data_dir, args.secret_hex)),
     )
 
@@ -131,6 +131,12 @@ def _add_serve(sub: Any) -> None:
     )
     serve.add_argument("--gateway-id", default=default_gateway_id())
     serve.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
+    serve.add_argument(
+        "--commit-workers",
+        type=int,
+        default=int(_env("OFD_COMMIT_WORKERS", str(COMMIT_WORKERS))),
+        help="group-commit batches in flight at once",
+    )
     serve.add_argument(
         "--secret-hex",
         default=_env("OFD_SECRET_HEX", ""),

@@ -5,7 +5,6 @@ gets the same fiscal sign on its resend, and the duplicate collapses downstream.
 """
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,8 +44,10 @@ def ticket_identity(
 
 
 def _mac(secret: bytes, *parts: object) -> int:
-    message = "|".join(str(p) for p in parts).encode()
-    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:8], "big")
+    """A 64-bit keyed MAC. BLAKE2b's keyed mode is a MAC by design, needs no HMAC construction,
+    and costs about a third of HMAC-SHA256 here (it runs on every receipt, twice)."""
+    message = "|".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(message, key=secret[:64], digest_size=8).digest(), "big")
 
 
 def fiscal_sign(secret: bytes, identity: DocumentIdentity) -> str:
@@ -62,4 +63,8 @@ def next_token(secret: bytes, system_id: int, token: int, request_number: int) -
 def qr_url(base_url: str, sign: str, kgd_number: str, total_tiyn: int, when: datetime) -> str:
     """The check URL printed as the receipt's QR code (protocol.md, "Receipts")."""
     tenge, tiyn = divmod(total_tiyn, 100)
-    return f"{base_url}?i={sign}&f={kgd_number}&s={tenge}.{tiyn:02d}&t={when:%Y%m%dT%H%M%S}"
+    stamp = (  # formatted by hand: strftime costs several times more, on every receipt
+        f"{when.year:04d}{when.month:02d}{when.day:02d}"
+        f"T{when.hour:02d}{when.minute:02d}{when.second:02d}"
+    )
+    return f"{base_url}?i={sign}&f={kgd_number}&s={tenge}.{tiyn:02d}&t={stamp}"

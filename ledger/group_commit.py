@@ -27,6 +27,7 @@ from ledger.state_store import write_states
 # (the device is answered 254 at once rather than waiting past its 5 s transaction time).
 MAX_BATCH = 1024
 MAX_QUEUED = 8192
+COMMIT_WORKERS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class CommitSettings:
     max_queued: int = MAX_QUEUED
     # Every database call is bounded: a device gives up after 5 s, we answer 254 before that.
     db_timeout: float = 3.0
+    # Batches in flight at once; each holds one pooled connection while it commits.
+    workers: int = COMMIT_WORKERS
 
 
 @dataclass(slots=True)
@@ -84,6 +87,15 @@ class GroupCommitter:
         await pending.done
 
     async def run(self) -> None:
+        """Runs `settings.workers` batch loops: while one batch waits for its fsync and commit,
+        the next is already being written. A device is never in two batches at once (the
+        pipeline holds its lock until its commit returns), so concurrent batches touch
+        disjoint rows."""
+        async with asyncio.TaskGroup() as workers:
+            for number in range(self._settings.workers):
+                workers.create_task(self._batch_loop(), name=f"group-commit-{number}")
+
+    async def _batch_loop(self) -> None:
         batch: list[_Pending] = []
         try:
             while True:
@@ -91,6 +103,7 @@ class GroupCommitter:
                 while len(batch) < self._settings.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 await self._commit_batch(batch)
+                batch = []
         except asyncio.CancelledError:
             # Shutting down: nobody may wait forever. A batch cut short rolled back.
             while not self._queue.empty():
