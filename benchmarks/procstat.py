@@ -53,31 +53,10 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = (PROC / str(pid) / "cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return []
-    return raw.decode(errors="replace").split("\0")
-
-
 def _pids() -> Iterable[int]:
     for entry in PROC.iterdir():
         if entry.name.isdigit():
             yield int(entry.name)
-
-
-def postmaster_pids(pg_dir: Path) -> list[int]:
-    """PostgreSQL servers whose data directory (-D) is `pg_dir`."""
-    target = str(pg_dir.resolve())
-    found = []
-    for pid in _pids():
-        args = _cmdline(pid)
-        if args and args[0].endswith("postgres") and "-D" in args:
-            index = args.index("-D")
-            if index + 1 < len(args) and args[index + 1].rstrip("/") == target:
-                found.append(pid)
-    return found
 
 
 def children_of(parents: set[int]) -> list[int]:

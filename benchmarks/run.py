@@ -36,7 +36,6 @@ from benchmarks.procstat import (
     CpuSample,
     cpu_seconds_between,
     peak_rss_kib,
-    postmaster_pids,
     sample,
 )
 from benchmarks.report import Measurement, document, table, write_json
@@ -48,6 +47,7 @@ from benchmarks.servers import (
     start_gateway,
     stop,
 )
+from simulators.processes import postmaster_pids
 
 DEFAULT_OUT = Path("bench-results/ingest.json")
 # Short: pgserver's Unix socket lives in <data dir>/pg and a socket path is capped at 107 bytes.

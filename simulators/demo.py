@@ -20,7 +20,7 @@ from ingest.control import ControlClient
 from ledger.journal_view import journal_records
 from ledger.schemas import SCHEMAS
 from ofdproto.control.v1 import control_pb2 as pb
-from simulators.gateway_process import GatewayProcess, start_gateway
+from simulators.processes import ServerProcess, start_gateway, stop
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
 
@@ -82,7 +82,7 @@ def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoD
     return devices
 
 
-async def run_shift(gateway: GatewayProcess, device: DemoDevice, drops_answer: bool) -> None:
+async def run_shift(gateway: ServerProcess, device: DemoDevice, drops_answer: bool) -> None:
     kkm = SimulatedKkm(
         gateway.host,
         gateway.port,
@@ -181,7 +181,7 @@ def main() -> int:
             for note in d.notes:
                 print(f"  {note}")
     finally:
-        code = gateway.stop()
+        code = stop(gateway)
         print(f"\ngateway stopped (exit code {code})")
     ok = check_journal(devices)
     print("\ndemo " + ("passed" if ok else "FAILED"))

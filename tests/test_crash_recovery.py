@@ -9,11 +9,8 @@ with the same token and request number, as firmware would.
 """
 
 import asyncio
-import contextlib
 import random
-import re
 import signal
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,28 +28,21 @@ from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import DeviceOffline, SimulatedKkm
+from simulators.processes import ServerProcess, stop
+from simulators.processes import start_gateway as start_gateway_process
 from simulators.receipts import Request, build_ticket, random_lines
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ofd gateway ready tcp=(\S+):(\d+) control=")
 GATEWAY_ID = "gw-crash"
 DEVICES = 40
 OKS_BEFORE_KILL = 200  # per burst
 KILLS = 3  # each kill lands at another point of a batch's life
 SHIFT = 1
-START_TIMEOUT = 30.0  # start-up imports grpc and protobuf and migrates the database
 BURST_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
 FIRST_RECEIPT_AT = datetime(2026, 11, 26, 9, 0, 0)
-
-
-@dataclass
-class Gateway:
-    process: asyncio.subprocess.Process
-    port: int
 
 
 @dataclass
@@ -74,47 +64,21 @@ class Device:
         return f"{self.kkm.system_id}/s{SHIFT}/d{number}"
 
 
-async def start_gateway(data_dir: Path, database_url: str, log: Path) -> Gateway:
-    """`ofd serve` on kernel-chosen ports, its output to `log` (a pipe nobody reads could fill
-    and stall it); returns once it printed its ready line."""
-    with log.open("xb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ingest.cli", "serve",
-            "--data-dir", str(data_dir), "--database-url", database_url,
-            "--port", "0", "--control-port", "0", "--gateway-id", GATEWAY_ID,
-            "--secret-hex", TEST_SECRET.hex(),
-            cwd=REPO,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        async with asyncio.timeout(START_TIMEOUT):
-            # Polling a file is deliberate: the child writes it, and the wait is bounded.
-            while process.returncode is None:
-                if match := READY.search(read_log(log)):
-                    return Gateway(process, int(match.group(2)))
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pass
-    except BaseException:
-        await kill(process)
-        raise
-    await kill(process)
-    raise AssertionError(f"the gateway did not start:\n{read_log(log)}")
+async def start_gateway(data_dir: Path, database_url: str, log: Path) -> ServerProcess:
+    """`ofd serve` on kernel-chosen ports with the test's database and secret."""
+    return await asyncio.to_thread(
+        start_gateway_process,
+        data_dir,
+        "--database-url", database_url,
+        "--gateway-id", GATEWAY_ID,
+        "--secret-hex", TEST_SECRET.hex(),
+        log_path=log,
+    )  # fmt: skip
 
 
 def read_log(log: Path) -> str:
     """The gateway's output so far (small: it logs little)."""
     return log.read_text(errors="replace")
-
-
-async def kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        async with asyncio.timeout(STOP_TIMEOUT):
-            await process.wait()
 
 
 def ticket_for(device: Device, number: int) -> Request:
@@ -239,10 +203,10 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_receipt_and_no_token(
     journal_dir = journal_root / GATEWAY_ID
     log_paths = [tmp_path / f"gateway-{n}.log" for n in range(KILLS + 1)]  # one per start
     logs = iter(log_paths)
-    processes: list[asyncio.subprocess.Process] = []
+    processes: list[ServerProcess] = []
     try:
         gateway = await start_gateway(data_dir, database_url, next(logs))
-        processes.append(gateway.process)
+        processes.append(gateway)
         devices = [
             Device(
                 SimulatedKkm("127.0.0.1", gateway.port, version=203, system_id=r.system_id,
@@ -260,9 +224,9 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_receipt_and_no_token(
                 for device in devices:
                     tasks.create_task(sell_until_offline(device, oks, enough))
                 await enough.wait()
-                gateway.process.send_signal(signal.SIGKILL)
-            async with asyncio.timeout(STOP_TIMEOUT):
-                assert await gateway.process.wait() == -signal.SIGKILL
+                gateway.proc.send_signal(signal.SIGKILL)
+            exit_code = await asyncio.to_thread(gateway.proc.wait, STOP_TIMEOUT)
+            assert exit_code == -signal.SIGKILL
             assert sum(len(d.acked) for d in devices) - acked_before >= OKS_BEFORE_KILL
             assert all(d.unanswered for d in devices), "a loop ends only when the link breaks"
 
@@ -270,7 +234,7 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_receipt_and_no_token(
             intact_before, _ = journal_extent(journal_dir)
             tear_tail(journal_dir)
             gateway = await start_gateway(data_dir, database_url, next(logs))
-            processes.append(gateway.process)
+            processes.append(gateway)
             intact_after, on_disk_after = journal_extent(journal_dir)
             assert on_disk_after == intact_after, "the torn tail was cut on restart"
             assert intact_after == intact_before, "no intact record was cut"
@@ -300,11 +264,9 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_receipt_and_no_token(
         journaled = records_by_document(journal_root)
         assert set(journaled) == {doc for d in devices for doc in d.acked}
 
-        gateway.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(STOP_TIMEOUT):
-            assert await gateway.process.wait() == 0
+        assert await asyncio.to_thread(stop, gateway, STOP_TIMEOUT) == 0
         for log in log_paths:
             assert "Traceback" not in read_log(log), read_log(log)
     finally:
         for process in processes:
-            await kill(process)
+            await asyncio.to_thread(stop, process, STOP_TIMEOUT)
