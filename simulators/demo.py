@@ -20,8 +20,8 @@ from ingest.control import ControlClient
 from ledger.journal_view import journal_records
 from ledger.schemas import SCHEMAS
 from ofdproto.control.v1 import control_pb2 as pb
-from simulators.processes import ServerProcess, start_gateway, stop
 from simulators.kkm import SimulatedKkm
+from simulators.processes import ServerProcess, start_gateway, stop
 from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
 
 DATA_DIR = Path(".ofd-demo")
