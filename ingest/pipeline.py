@@ -21,7 +21,7 @@ import structlog
 from ingest.body import parse_request, peek_command, refusal_frame, response_frame
 from ingest.codec import Frame, FrameHeader, encode
 from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
-from ledger.device_state import DeviceState
+from ledger.device_state import DeviceState, ShiftReport
 from ledger.errors import Refusal, SinkError, StateConflict
 from ledger.fiscal import next_token
 from ledger.group_commit import GroupCommitter
@@ -39,6 +39,8 @@ ENVELOPE_VERSION = 1
 MAX_CONFLICT_ATTEMPTS = 3
 # Device states kept in memory; past this the cache is cleared piecemeal (it is only a hint).
 MAX_CACHED_DEVICES = 200_000
+# A Z report mismatch logs this many of its differences (all of them are stored).
+MAX_LOGGED_DIFFERENCES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,59 @@ class PipelineSettings:
     gateway_id: str
     fiscal: FiscalSettings
     db_timeout: float = 3.0
+
+
+def next_state(
+    state: DeviceState,
+    *,
+    header: FrameHeader,
+    command: int,
+    token: int,
+    answer: bytes,
+    outcome: Outcome,
+) -> DeviceState:
+    """The device's state once `outcome` is durable. Pure: also what tests drive the ledger with."""
+    document = outcome.document
+    last_shift, last_number = state.last_document_shift, state.last_document_number
+    accepted = state.documents_accepted
+    if document is not None:
+        accepted += 1
+        if document.shift_number:
+            last_shift = document.shift_number
+            last_number = document.document_number
+    tally, blob = state.tally, state.tally_blob
+    if outcome.tally is not None:
+        tally, blob = outcome.tally, outcome.tally_blob
+    # Built field by field: dataclasses.replace costs twice as much, on every request.
+    return DeviceState(
+        system_id=state.system_id,
+        status=state.status,
+        reg=state.reg,
+        version=state.version + 1,
+        token=token,
+        last_request_number=header.request_number,
+        last_request_token=header.token,
+        last_command=command,
+        last_response=answer,
+        shift_number=tally.shift_number,
+        shift_open=tally.is_open,
+        last_document_shift=last_shift,
+        last_document_number=last_number,
+        documents_accepted=accepted,
+        protocol_version=header.version,
+        last_contact=datetime.now(UTC),
+        tally=tally,
+        tally_blob=blob,
+        shift_report=outcome.shift_report,
+    )
+
+
+@dataclass(slots=True)
+class ShiftStats:
+    """Closed shifts and Z report mismatches, counted once durable (read at metrics scrape)."""
+
+    closed: int = 0
+    mismatched: int = 0  # the device's Z report differed from the OFD's, or never came
 
 
 class DeviceLocks:
@@ -86,6 +141,7 @@ class Pipeline:
         self._settings = settings
         self._cache: dict[int, DeviceState] = {}
         self._locks = DeviceLocks()
+        self.shift_stats = ShiftStats()
 
     def forget(self, device_id: int) -> None:
         """Drops the cached state of a device (the control API changed it)."""
@@ -197,52 +253,30 @@ class Pipeline:
                 self._settings.fiscal.secret, header.device_id, header.token, header.request_number
             )
         answer = response_frame(header, token, outcome.response)
-        new_state = self._next_state(
+        new_state = next_state(
             state, header=header, command=command, token=token, answer=answer, outcome=outcome
         )
         entry = self._journal_entry(frame, command, answer, outcome, received_at_us)
         await self._committer.commit(state.version, new_state, entry)
         self._remember(new_state)
+        if outcome.shift_report is not None:
+            self._shift_closed(header.device_id, outcome.shift_report)
         return answer
 
-    def _next_state(
-        self,
-        state: DeviceState,
-        *,
-        header: FrameHeader,
-        command: int,
-        token: int,
-        answer: bytes,
-        outcome: Outcome,
-    ) -> DeviceState:
-        document = outcome.document
-        shift_number, shift_open = state.shift_number, state.shift_open
-        last_shift, last_number = state.last_document_shift, state.last_document_number
-        accepted = state.documents_accepted
-        if document is not None:
-            accepted += 1
-            if document.shift_number:
-                shift_number = last_shift = document.shift_number
-                last_number = document.document_number
-                shift_open = True
-        # Built field by field: dataclasses.replace costs twice as much, on every request.
-        return DeviceState(
-            system_id=state.system_id,
-            status=state.status,
-            reg=state.reg,
-            version=state.version + 1,
-            token=token,
-            last_request_number=header.request_number,
-            last_request_token=header.token,
-            last_command=command,
-            last_response=answer,
-            shift_number=shift_number,
-            shift_open=shift_open,
-            last_document_shift=last_shift,
-            last_document_number=last_number,
-            documents_accepted=accepted,
-            protocol_version=header.version,
-            last_contact=datetime.now(UTC),
+    def _shift_closed(self, device_id: int, report: ShiftReport) -> None:
+        self.shift_stats.closed += 1
+        if not report.differences:
+            return
+        # Stored and answered already; this is the flag people and alerts see.
+        self.shift_stats.mismatched += 1
+        log.warning(
+            "z report mismatch",
+            device_id=device_id,
+            shift_number=report.shift_number,
+            offline=report.is_offline,
+            device_sent_z=report.device_z is not None,
+            differences=list(report.differences[:MAX_LOGGED_DIFFERENCES]),
+            difference_count=len(report.differences),
         )
 
     def _journal_entry(

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.tally import EMPTY_TALLY, Tally
+
 REGISTERED = "registered"
 
 
@@ -26,6 +28,19 @@ class RegInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ShiftReport:
+    """A closed shift as stored in shift_reports: both Z reports, never one without the other."""
+
+    shift_number: int
+    closed_at: datetime | None  # device-local close time
+    is_offline: bool
+    protocol_version: int
+    device_z: bytes | None  # the device's ZXReport as it sent it; None: it sent none
+    ofd_z: bytes  # the OFD's ZXReport, as answered
+    differences: tuple[str, ...]  # device against OFD, field by field; empty: they agree
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceState:
     """One row of device_state with its registry facts; `version` orders every change."""
 
@@ -45,3 +60,9 @@ class DeviceState:
     documents_accepted: int
     protocol_version: int | None
     last_contact: datetime | None
+    # The OFD's tally of the current (or last closed) shift, and its stored bytes: encoded once
+    # when it changes, so a request that leaves it alone writes the same bytes back.
+    tally: Tally = EMPTY_TALLY
+    tally_blob: bytes | None = None
+    # A shift this change closes: written to shift_reports in the same transaction.
+    shift_report: ShiftReport | None = None

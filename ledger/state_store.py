@@ -5,12 +5,18 @@ processes (or a retry racing its original) can never both win: the loser sees it
 from the returned ids and re-evaluates against the winner's state.
 """
 
+import json
 from collections.abc import Sequence
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from ledger.device_state import DeviceState, RegInfo
+from ledger.tally import Tally, tally_of
+from ledger.tally_codec import from_bytes
+
+log = structlog.get_logger(__name__)
 
 # A connection of our own or one lent by a pool: both run queries alike.
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -23,7 +29,8 @@ SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.mode
        p.latitude, p.longitude,
        s.version, s.token, s.last_request_number, s.last_request_token, s.last_command,
        s.last_response, s.shift_number, s.shift_open, s.last_document_shift,
-       s.last_document_number, s.documents_accepted, s.protocol_version, s.last_contact
+       s.last_document_number, s.documents_accepted, s.protocol_version, s.last_contact,
+       s.current_tally
 FROM devices d
 JOIN trade_points p ON p.id = d.trade_point_id
 JOIN organizations o ON o.id = p.organization_id
@@ -38,14 +45,36 @@ UPDATE device_state AS s SET
     last_request_token = u.lrt, last_command = u.lc, last_response = u.lr,
     shift_number = u.sn, shift_open = u.so, last_document_shift = u.lds,
     last_document_number = u.ldn, documents_accepted = u.da, protocol_version = u.pv,
-    last_contact = u.contact
+    last_contact = u.contact, current_tally = u.tally, shift_opened_at = u.opened
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[], $5::bigint[],
             $6::integer[], $7::bytea[], $8::integer[], $9::boolean[], $10::integer[],
-            $11::bigint[], $12::bigint[], $13::integer[], $14::timestamptz[])
-     AS u(system_id, version, token, lrn, lrt, lc, lr, sn, so, lds, ldn, da, pv, contact)
+            $11::bigint[], $12::bigint[], $13::integer[], $14::timestamptz[], $15::bytea[],
+            $16::timestamp[])
+     AS u(system_id, version, token, lrn, lrt, lc, lr, sn, so, lds, ldn, da, pv, contact,
+          tally, opened)
 WHERE s.system_id = u.system_id AND s.version = u.version
 RETURNING s.system_id
 """
+
+# The shifts a batch closes, one statement for all of them; run only when there are some.
+INSERT_SHIFT_REPORTS_SQL = """
+INSERT INTO shift_reports (system_id, shift_number, protocol_version, closed_at, is_offline,
+                           device_z, ofd_z, differences)
+SELECT * FROM unnest($1::bigint[], $2::integer[], $3::integer[], $4::timestamp[],
+                     $5::boolean[], $6::bytea[], $7::bytea[], $8::jsonb[])
+"""
+
+
+def _tally_from_row(row: asyncpg.Record) -> tuple[Tally, bytes | None]:
+    blob: bytes | None = row["current_tally"]
+    if blob is not None:
+        try:
+            return from_bytes(blob), blob
+        except ValueError as err:
+            # Refusing every request over it would block the till; the close will show the gap.
+            log.exception("stored tally unreadable", device_id=row["system_id"], error=str(err))
+    # No document since the tally was introduced: only the shift columns are known.
+    return tally_of(row["shift_number"], is_open=row["shift_open"]), None
 
 
 def _state_from_row(row: asyncpg.Record) -> DeviceState:
@@ -64,6 +93,7 @@ def _state_from_row(row: asyncpg.Record) -> DeviceState:
         latitude=row["latitude"],
         longitude=row["longitude"],
     )
+    tally, blob = _tally_from_row(row)
     return DeviceState(
         system_id=row["system_id"],
         status=row["status"],
@@ -81,6 +111,8 @@ def _state_from_row(row: asyncpg.Record) -> DeviceState:
         documents_accepted=row["documents_accepted"],
         protocol_version=row["protocol_version"],
         last_contact=row["last_contact"],
+        tally=tally,
+        tally_blob=blob,
     )
 
 
@@ -96,7 +128,8 @@ async def write_states(
 
     The caller runs this inside a transaction and must not put one device twice in a batch.
     Rows are written in system id order, so two gateways whose batches share devices take the
-    row locks in the same order and cannot deadlock.
+    row locks in the same order and cannot deadlock. The shift reports of the winners go in
+    with them, in the same transaction.
     """
     changes = sorted(changes, key=lambda change: change[1].system_id)
     rows = await conn.fetch(
@@ -115,6 +148,30 @@ async def write_states(
         [s.documents_accepted for _, s in changes],
         [s.protocol_version for _, s in changes],
         [s.last_contact for _, s in changes],
+        [s.tally_blob for _, s in changes],
+        [s.tally.opened_at if s.tally.is_open else None for _, s in changes],
         timeout=timeout,
     )
-    return {r["system_id"] for r in rows}
+    won = {r["system_id"] for r in rows}
+    closes = [s for _, s in changes if s.shift_report is not None and s.system_id in won]
+    if closes:
+        await _insert_shift_reports(conn, closes, timeout=timeout)
+    return won
+
+
+async def _insert_shift_reports(
+    conn: Conn, states: Sequence[DeviceState], *, timeout: float
+) -> None:
+    reports = [(s.system_id, s.shift_report) for s in states if s.shift_report is not None]
+    await conn.execute(
+        INSERT_SHIFT_REPORTS_SQL,
+        [system_id for system_id, _ in reports],
+        [r.shift_number for _, r in reports],
+        [r.protocol_version for _, r in reports],
+        [r.closed_at for _, r in reports],
+        [r.is_offline for _, r in reports],
+        [r.device_z for _, r in reports],
+        [r.ofd_z for _, r in reports],
+        [json.dumps(list(r.differences), ensure_ascii=False) for _, r in reports],
+        timeout=timeout,
+    )

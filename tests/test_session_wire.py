@@ -466,10 +466,10 @@ async def test_body_that_does_not_parse_is_protocol_error_and_connection_stays_u
         (203, 7, ResultCode.UNSUPPORTED_COMMAND),  # ... but known in 2.0.3
         (203, 100, ResultCode.UNKNOWN_COMMAND),  # QR_GENERATE is 2.0.4 only
         (204, 100, ResultCode.UNSUPPORTED_COMMAND),
-        (203, Command.CLOSE_SHIFT, ResultCode.UNSUPPORTED_COMMAND),
-        (204, Command.CLOSE_SHIFT, ResultCode.UNSUPPORTED_COMMAND),
-        (203, Command.REPORT, ResultCode.UNSUPPORTED_COMMAND),
-        (204, Command.REPORT, ResultCode.UNSUPPORTED_COMMAND),
+        (203, Command.NOMENCLATURE, ResultCode.UNSUPPORTED_COMMAND),
+        (204, Command.NOMENCLATURE, ResultCode.UNSUPPORTED_COMMAND),
+        (203, Command.AUTH, ResultCode.UNSUPPORTED_COMMAND),
+        (204, Command.AUTH, ResultCode.UNSUPPORTED_COMMAND),
     ],
 )
 async def test_unknown_and_unsupported_commands(
@@ -549,7 +549,7 @@ async def _refuse_unknown_command(kkm: SimulatedKkm, last: bytes) -> Any:
 
 
 async def _refuse_unsupported(kkm: SimulatedKkm, last: bytes) -> Any:
-    return await kkm.send(command_body(Command.CLOSE_SHIFT))
+    return await kkm.send(command_body(Command.NOMENCLATURE))
 
 
 async def _refuse_bad_arithmetic(kkm: SimulatedKkm, last: bytes) -> Any:
