@@ -35,8 +35,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# Gateway against its echo floor, then each layer against its own floor, then the cost model
+# built from both (bench-results/*.json).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.layers
+	$(BIN)/python -m benchmarks.cost_model
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results
