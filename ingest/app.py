@@ -1,4 +1,5 @@
-"""Assembles one gateway process: state store, journal, group commit, TCP and control servers."""
+"""Assembles one gateway process: state store, journal, group commit, TCP and gRPC servers
+(control API, device ingest, health, reflection) and the Prometheus metrics."""
 
 import asyncio
 import contextlib
@@ -9,14 +10,18 @@ from dataclasses import dataclass
 import asyncpg
 import grpc.aio
 
+from ingest import grpc_ingest
+from ingest.control import SERVICE as CONTROL_SERVICE
 from ingest.control import ControlService
+from ingest.grpc_ingest import GrpcIngest
+from ingest.journals import open_journal
 from ingest.logs import configure_logging
+from ingest.metrics import GatewayMetrics
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.group_commit import GroupCommitter
-from ledger.journal import LocalJournal
 from ledger.migrate import migrate
 
 POOL_SIZE = 8
@@ -31,6 +36,8 @@ class RunningGateway:
     pipeline: Pipeline
     committer: GroupCommitter
     database_url: str
+    metrics: GatewayMetrics
+    metrics_port: int | None = None  # None: /metrics not served
 
 
 async def database_url_for(settings: Settings) -> str:
@@ -47,27 +54,49 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
-        journal = LocalJournal(settings.journal_dir)
-        committer = GroupCommitter(pool, journal, settings.commit)
+        journal = open_journal(settings)
+        metrics = GatewayMetrics(settings.gateway_id)
+        committer = GroupCommitter(pool, metrics.counting(journal), settings.commit)
+        metrics.watch_commits(committer)
         pipeline = Pipeline(
             pool,
             committer,
             PipelineSettings(settings.gateway_id, settings.fiscal, settings.commit.db_timeout),
         )
-        tcp = TcpServer(settings.server, pipeline.handle)
-        control = grpc.aio.server()
-        control.add_generic_rpc_handlers([ControlService(pool, pipeline.forget).generic_handler()])
+        tcp = TcpServer(settings.server, metrics.timed(pipeline.handle, "tcp"))
+        metrics.watch_tcp(tcp.stats)
+        ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
+        metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
+        # One gRPC port: the control API, device ingest, health and reflection.
+        control = grpc.aio.server(
+            options=grpc_ingest.SERVER_OPTIONS,
+            maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
+        )
+        control.add_generic_rpc_handlers(
+            [ControlService(pool, pipeline.forget).generic_handler(), ingest.generic_handler()]
+        )
+        grpc_services = (CONTROL_SERVICE, grpc_ingest.SERVICE)
+        health = grpc_ingest.add_health_and_reflection(control, grpc_services)
         control_port = control.add_insecure_port(f"{settings.control_host}:{settings.control_port}")
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")
             await control.start()
+            await grpc_ingest.mark_serving(health, grpc_services)
             await tcp.start()
+            metrics_port: int | None = None
             try:
-                yield RunningGateway(tcp, control_port, pipeline, committer, dsn)
+                if settings.metrics_port is not None:
+                    metrics_port = metrics.start_http(settings.control_host, settings.metrics_port)
+                yield RunningGateway(
+                    tcp, control_port, pipeline, committer, dsn, metrics, metrics_port
+                )
             finally:
+                await health.enter_graceful_shutdown()
                 await tcp.stop()
                 await _drain(tcp)
                 await control.stop(grace=1.0)
+                await ingest.drain(DRAIN_SECONDS)
+                await metrics.stop_http()
                 commit_task.cancel()
         await journal.close()
     finally:
@@ -91,10 +120,15 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with running_gateway(settings) as gateway:
+        metrics = (
+            ""
+            if gateway.metrics_port is None
+            else f" metrics={settings.control_host}:{gateway.metrics_port}"
+        )
         print(
             f"ofd gateway ready tcp={settings.server.host}:{gateway.tcp.port}"
             f" control={settings.control_host}:{gateway.control_port}"
-            f" gateway_id={settings.gateway_id} data_dir={settings.data_dir}",
+            f" gateway_id={settings.gateway_id} data_dir={settings.data_dir}{metrics}",
             flush=True,
         )
         await stop.wait()

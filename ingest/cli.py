@@ -1,6 +1,7 @@
 """`ofd`: run the gateway and manage devices through the control API.
 
 ofd serve                                   run a gateway (embedded PostgreSQL by default)
+ofd serve --journal kafka --kafka-bootstrap H:P   journal to Kafka instead of DATA_DIR
 ofd org add --iin 123456789012 --title ...  add an organization
 ofd point add --org 1 --title ...           add a trade point
 ofd kkm add --point 1 --kgd ... --serial ... --model ... --year 2024
@@ -25,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 from ingest.app import serve
 from ingest.commands import FiscalSettings
 from ingest.control import ControlClient
+from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.settings import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_DATA_DIR,
@@ -36,9 +38,11 @@ from ingest.settings import (
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal_view import summarize_journal
+from ledger.kafka_journal import DEFAULT_TOPIC, KafkaSettings
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2
+JOURNALS = ("local", "kafka")
 EXIT_FAILED = 1
 
 
@@ -57,6 +61,23 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         control_port=args.control_port,
         commit=CommitSettings(workers=args.commit_workers),
         fiscal=FiscalSettings(secret=load_secret(data_dir, args.secret_hex)),
+        metrics_port=args.metrics_port or None,
+        kafka=_kafka_from(args),
+    )
+
+
+def _kafka_from(args: argparse.Namespace) -> KafkaSettings | None:
+    # argparse checks choices on the command line only, not a default taken from OFD_JOURNAL.
+    if args.journal not in JOURNALS:
+        raise ValueError(f"journal must be one of {', '.join(JOURNALS)}, not {args.journal!r}")
+    if args.journal == "local":
+        return None
+    if not args.kafka_bootstrap:
+        raise ValueError("--journal kafka needs --kafka-bootstrap (or OFD_KAFKA_BOOTSTRAP)")
+    return KafkaSettings(
+        bootstrap_servers=args.kafka_bootstrap,
+        topic=args.kafka_topic,
+        client_id=f"ofd-{args.gateway_id}",
     )
 
 
@@ -129,6 +150,12 @@ def _add_serve(sub: Any) -> None:
         type=int,
         default=int(_env("OFD_CONTROL_PORT", str(DEFAULT_CONTROL_PORT))),
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("OFD_METRICS_PORT", str(DEFAULT_METRICS_PORT))),
+        help="Prometheus /metrics port (on --host); 0 disables",
+    )
     serve.add_argument("--gateway-id", default=default_gateway_id())
     serve.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     serve.add_argument(
@@ -136,6 +163,22 @@ def _add_serve(sub: Any) -> None:
         type=int,
         default=int(_env("OFD_COMMIT_WORKERS", str(COMMIT_WORKERS))),
         help="group-commit batches in flight at once",
+    )
+    serve.add_argument(
+        "--journal",
+        choices=JOURNALS,
+        default=_env("OFD_JOURNAL", "local"),
+        help="where documents are journaled: files in DATA_DIR (default) or a Kafka topic",
+    )
+    serve.add_argument(
+        "--kafka-bootstrap",
+        default=_env("OFD_KAFKA_BOOTSTRAP", ""),
+        help="Kafka bootstrap servers host:port[,host:port] (with --journal kafka)",
+    )
+    serve.add_argument(
+        "--kafka-topic",
+        default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC),
+        help="the journal topic, keyed by device id (with --journal kafka)",
     )
     serve.add_argument(
         "--secret-hex",

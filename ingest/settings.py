@@ -12,6 +12,7 @@ from pathlib import Path
 from ingest.commands import FiscalSettings
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import CommitSettings
+from ledger.kafka_journal import KafkaSettings
 
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_TCP_PORT = 7777
@@ -31,6 +32,10 @@ class Settings:
     control_port: int
     commit: CommitSettings
     fiscal: FiscalSettings
+    # Prometheus /metrics on control_host: None serves none, 0 a port the kernel picks.
+    metrics_port: int | None = None
+    # None: the local journal in data_dir; set: the Kafka topic it names (ledger/kafka_journal.py).
+    kafka: KafkaSettings | None = None
 
     @property
     def journal_dir(self) -> Path:

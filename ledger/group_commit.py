@@ -13,7 +13,8 @@ While one batch is being made durable the next one fills up: no timer is needed 
 """
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -69,6 +70,8 @@ class GroupCommitter:
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.max_queued)
         self.stats = CommitStats()
+        # Called with (changes, seconds) after every batch: the metrics' histograms.
+        self.on_batch: Callable[[int, float], None] | None = None
 
     async def commit(
         self, expected_version: int, state: DeviceState, entry: JournalEntry | None
@@ -102,7 +105,10 @@ class GroupCommitter:
                 batch = [await self._queue.get()]
                 while len(batch) < self._settings.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                started = time.perf_counter()
                 await self._commit_batch(batch)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - started)
                 batch = []
         except asyncio.CancelledError:
             # Shutting down: nobody may wait forever. A batch cut short rolled back.

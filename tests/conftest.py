@@ -24,6 +24,7 @@ from ledger import registry
 from ledger.group_commit import CommitSettings
 from ledger.migrate import migrate
 
+pytest_plugins = ["kafka_broker"]
 PG_SERVER = os.environ.get("OFD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 TEST_SECRET = bytes(range(32))
 

@@ -1,0 +1,398 @@
+"""Prometheus metrics of one gateway process, served over HTTP on /metrics.
+
+A request costs the hot path one dict increment and one histogram bucket increment: its labels
+(protocol version, command, result code) are read from the first bytes of the answer frame, not
+parsed out of it. Everything else is read at scrape time from counters the servers and the
+group commit keep anyway (`ServerStats`, `CommitStats`), so it costs nothing per request.
+Authentication failures are the requests answered 1, 2, 8 or 9, summed at scrape time.
+
+Exported (label values: `result` is the numeric result code of protocol.md, `command` the
+command's name, `version` 203 or 204, `transport` tcp or grpc):
+
+    ofd_requests_total{command,result,version,transport}   answers sent
+    ofd_request_duration_seconds{transport}                 histogram: frame in to answer out
+    ofd_auth_failures_total{code}                           answers 1, 2, 8 and 9
+    ofd_commit_batch_size                                   histogram: changes per group commit
+    ofd_commit_duration_seconds                             histogram: one batch made durable
+    ofd_commit_failures_total                               batches that failed (answered 254)
+    ofd_commit_conflicts_total                              changes that lost a concurrent update
+    ofd_shed_total{policy}                                  requests shed (answered 254 at once)
+    ofd_journal_appends_total                               documents the journal acknowledged
+    ofd_connections_active / _total / _refused_total        device TCP connections
+    ofd_connections_timed_out_total                         closed by the read or idle timeout
+    ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
+    ofd_gateway_info{gateway_id}                            1, naming this process
+    process_*                                               CPU, memory, file descriptors
+
+Each gateway has its own `CollectorRegistry`, so several gateways in one process (tests) keep
+separate counts; one process per core means one metrics port per process.
+"""
+
+import asyncio
+import bisect
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from threading import Thread
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from ingest.codec import HEADER_SIZE, Frame
+from ingest.tcp_server import ServerStats
+from ledger.group_commit import CommitStats, GroupCommitter
+from ledger.journal import Journal, JournalEntry
+from ledger.results import Command, ResultCode
+
+DEFAULT_METRICS_PORT = 7779
+
+Handler = Callable[[Frame], Awaitable[bytes]]
+# What the gRPC side needs to run a request as a task of its own.
+CoroutineHandler = Callable[[Frame], Coroutine[Any, Any, bytes]]
+
+# Seconds. A device waits 5 s for an answer; the group commit aims at a few milliseconds.
+REQUEST_SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+COMMIT_SECONDS_BUCKETS = REQUEST_SECONDS_BUCKETS
+# Changes per batch; MAX_BATCH is 1024.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+AUTH_FAILURE_CODES = (
+    ResultCode.UNKNOWN_ID,
+    ResultCode.INVALID_TOKEN,
+    ResultCode.INVALID_REQUEST_NUMBER,
+    ResultCode.INVALID_RETRY_REQUEST,
+)
+SHED_COMMIT_QUEUE_FULL = "commit_queue_full"
+UNREADABLE = -1  # a label the answer's bytes did not yield (never seen with our own answers)
+
+_VARINT_MORE = 0x80
+_TAG_COMMAND = 0x08  # Response field 1 (command), varint; also Result field 1 (result_code)
+_TAG_RESULT = 0x12  # Response field 2 (result), length-delimited
+
+
+class Buckets:
+    """A histogram without labels or locks: the event loop observes, a scrape copies."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "<=").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> tuple[list[tuple[str, float]], float]:
+        counts = self.counts.copy()  # one C call: consistent with the +Inf count we report
+        total = self.total
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(_bound_text, self.bounds), "+Inf"), counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets, total
+
+
+def _bound_text(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]  # IndexError on a truncated varint: the caller gives up
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & _VARINT_MORE:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def answer_labels(answer: bytes) -> tuple[int, int, int]:
+    """(version, command, result code) of an answer frame, read from its bytes.
+
+    Our answers are serialized in field order: header, then Response.command (08 cc), then
+    Response.result (12 len 08 rc ...), so the common case is a few byte compares; anything
+    else takes the general walk.
+    """
+    version = answer[2] | answer[3] << 8
+    pos = HEADER_SIZE
+    if (
+        len(answer) > pos + 5
+        and answer[pos] == _TAG_COMMAND
+        and answer[pos + 1] < _VARINT_MORE
+        and answer[pos + 2] == _TAG_RESULT
+        and answer[pos + 3] < _VARINT_MORE  # a one-byte length: result_text under ~120 bytes
+        and answer[pos + 4] == _TAG_COMMAND
+    ):
+        code = answer[pos + 5]
+        if code < _VARINT_MORE:
+            return version, answer[pos + 1], code
+        if len(answer) > pos + 6 and answer[pos + 6] < _VARINT_MORE:  # 254, 255
+            return version, answer[pos + 1], (code & 0x7F) | answer[pos + 6] << 7
+    try:
+        return (version, *_walk(answer, pos))
+    except (IndexError, ValueError):
+        return version, UNREADABLE, UNREADABLE
+
+
+def _walk(data: bytes, pos: int) -> tuple[int, int]:
+    """Response.command and Result.result_code by walking the top-level fields."""
+    command = code = UNREADABLE
+    while pos < len(data) and UNREADABLE in (command, code):
+        tag, pos = _varint(data, pos)
+        wire_type = tag & 7
+        if tag == _TAG_COMMAND:
+            command, pos = _varint(data, pos)
+        elif tag == _TAG_RESULT:
+            length, pos = _varint(data, pos)
+            code = _result_code(data[pos : pos + length])
+            pos += length
+        elif wire_type == 0:
+            pos = _varint(data, pos)[1]
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            break
+    return command, code
+
+
+def _result_code(result: bytes) -> int:
+    pos = 0
+    while pos < len(result):
+        tag, pos = _varint(result, pos)
+        if tag == _TAG_COMMAND:
+            return _varint(result, pos)[0]
+        if tag & 7 == 0:
+            pos = _varint(result, pos)[1]
+        elif tag & 7 == 2:
+            length, pos = _varint(result, pos)
+            pos += length
+        else:
+            break
+    return UNREADABLE
+
+
+def _command_name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return "unknown" if command == UNREADABLE else str(command)
+
+
+class CountingJournal:
+    """A Journal that counts what the journal behind it acknowledged."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.appended = 0
+
+    async def append(self, entries: Sequence[JournalEntry]) -> None:
+        await self._journal.append(entries)
+        self.appended += len(entries)
+
+    async def close(self) -> None:
+        await self._journal.close()
+
+
+class GatewayMetrics:
+    """The metrics of one gateway: fed by `timed` handlers and the commit hook, read by a
+    scrape. Sources are attached as the gateway is assembled."""
+
+    def __init__(self, gateway_id: str) -> None:
+        self.gateway_id = gateway_id
+        self.registry = CollectorRegistry()
+        # (transport, version, command, result code) -> answers
+        self._requests: dict[tuple[str, int, int, int], int] = {}
+        self._durations: dict[str, Buckets] = {}
+        self._batch_sizes = Buckets(BATCH_SIZE_BUCKETS)
+        self._commit_seconds = Buckets(COMMIT_SECONDS_BUCKETS)
+        self._commit_stats: CommitStats | None = None
+        self._journal: CountingJournal | None = None
+        self._server_stats: ServerStats | None = None
+        self._frame_errors: dict[str, Callable[[], int]] = {}
+        self._http: tuple[WSGIServer, Thread] | None = None
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+
+    # --- assembling ---
+
+    def timed(self, handler: Handler, transport: str) -> CoroutineHandler:
+        """`handler`, counting and timing every answer under `transport`."""
+        durations = self._durations.setdefault(transport, Buckets(REQUEST_SECONDS_BUCKETS))
+        requests = self._requests
+        clock = time.perf_counter
+
+        async def handle(frame: Frame) -> bytes:
+            started = clock()
+            answer = await handler(frame)
+            durations.observe(clock() - started)
+            key = (transport, *answer_labels(answer))
+            requests[key] = requests.get(key, 0) + 1
+            return answer
+
+        return handle
+
+    def counting(self, journal: Journal) -> CountingJournal:
+        self._journal = CountingJournal(journal)
+        return self._journal
+
+    def watch_commits(self, committer: GroupCommitter) -> None:
+        self._commit_stats = committer.stats
+        committer.on_batch = self._observe_batch
+
+    def watch_tcp(self, stats: ServerStats) -> None:
+        self._server_stats = stats
+        self._frame_errors["tcp"] = lambda: stats.frame_errors
+
+    def watch_frame_errors(self, transport: str, count: Callable[[], int]) -> None:
+        self._frame_errors[transport] = count
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self._batch_sizes.observe(size)
+        self._commit_seconds.observe(seconds)
+
+    # --- serving ---
+
+    def start_http(self, host: str, port: int) -> int:
+        """Serves /metrics from a daemon thread (port 0: the kernel picks); the bound port."""
+        try:
+            server, thread = start_http_server(port, host, registry=self.registry)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"metrics on {host}:{port}: {err.strerror}; each gateway process needs its own"
+                " --metrics-port (0 serves none)",
+            ) from err
+        self._http = (server, thread)
+        return server.server_port
+
+    async def stop_http(self) -> None:
+        if self._http is None:
+            return
+        server, thread = self._http
+        self._http = None
+        # shutdown() waits for the serving loop's next poll (up to 0.5 s): not on the event loop.
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        await asyncio.to_thread(thread.join, 1.0)
+
+    # --- scraping (runs on the HTTP thread; every read of shared state is one atomic copy) ---
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._request_families()
+        yield from self._commit_families()
+        yield from self._connection_families()
+        info = GaugeMetricFamily("ofd_gateway_info", "This gateway process.", labels=["gateway_id"])
+        info.add_metric([self.gateway_id], 1)
+        yield info
+
+    def _request_families(self) -> Iterator[Metric]:
+        counted = CounterMetricFamily(
+            "ofd_requests",
+            "Requests answered, by command, result code, protocol version and transport.",
+            labels=["command", "result", "version", "transport"],
+        )
+        auth = dict.fromkeys(AUTH_FAILURE_CODES, 0)
+        for (transport, version, command, code), count in self._requests.copy().items():
+            counted.add_metric([_command_name(command), str(code), str(version), transport], count)
+            if code in auth:
+                auth[ResultCode(code)] += count
+        yield counted
+        failures = CounterMetricFamily(
+            "ofd_auth_failures",
+            "Requests refused as unknown device (1), invalid token (2), invalid request"
+            " number (8) or invalid retry (9).",
+            labels=["code"],
+        )
+        for code, count in auth.items():
+            failures.add_metric([str(int(code))], count)
+        yield failures
+        durations = HistogramMetricFamily(
+            "ofd_request_duration_seconds",
+            "Time from a whole request frame to its answer, by transport.",
+            labels=["transport"],
+        )
+        for transport, histogram in self._durations.copy().items():
+            buckets, total = histogram.cumulative()
+            durations.add_metric([transport], buckets, total)
+        yield durations
+
+    def _commit_families(self) -> Iterator[Metric]:
+        buckets, total = self._batch_sizes.cumulative()
+        yield HistogramMetricFamily(
+            "ofd_commit_batch_size",
+            "Device state changes per group-commit batch.",
+            buckets=buckets,
+            sum_value=total,
+        )
+        buckets, total = self._commit_seconds.cumulative()
+        yield HistogramMetricFamily(
+            "ofd_commit_duration_seconds",
+            "Time to make one group-commit batch durable (journal and state).",
+            buckets=buckets,
+            sum_value=total,
+        )
+        stats = self._commit_stats or CommitStats()
+        yield CounterMetricFamily(
+            "ofd_commit_failures",
+            "Group-commit batches that failed; their requests were answered 254.",
+            value=stats.failures,
+        )
+        yield CounterMetricFamily(
+            "ofd_commit_conflicts",
+            "State changes that lost to a concurrent change of the same device.",
+            value=stats.conflicts,
+        )
+        shed = CounterMetricFamily(
+            "ofd_shed", "Requests shed by a named policy (answered 254 at once).", labels=["policy"]
+        )
+        shed.add_metric([SHED_COMMIT_QUEUE_FULL], stats.shed)
+        yield shed
+        yield CounterMetricFamily(
+            "ofd_journal_appends",
+            "Documents the journal acknowledged as durable.",
+            value=self._journal.appended if self._journal else 0,
+        )
+
+    def _connection_families(self) -> Iterator[Metric]:
+        stats = self._server_stats or ServerStats()
+        yield GaugeMetricFamily(
+            "ofd_connections_active", "Device TCP connections open now.", value=stats.active
+        )
+        yield CounterMetricFamily(
+            "ofd_connections", "Device TCP connections accepted.", value=stats.accepted
+        )
+        yield CounterMetricFamily(
+            "ofd_connections_refused",
+            "Device TCP connections refused over the connection limit.",
+            value=stats.refused_over_limit,
+        )
+        yield CounterMetricFamily(
+            "ofd_connections_timed_out",
+            "Device TCP connections closed by the read or idle timeout.",
+            value=stats.timed_out,
+        )
+        errors = CounterMetricFamily(
+            "ofd_frame_errors",
+            "Requests whose framing (TCP) or header metadata (gRPC) could not be read.",
+            labels=["transport"],
+        )
+        for transport, count in self._frame_errors.copy().items():
+            errors.add_metric([transport], count())
+        yield errors

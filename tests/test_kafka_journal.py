@@ -1,0 +1,305 @@
+"""The Kafka journal against a real Kafka-protocol broker (tansu), never a mock.
+
+Records come back in order per device; a gateway journaling to Kafka answers a receipt only
+after the broker acknowledged it; with the broker gone the device is answered 254 within the
+delivery timeout and nothing changes, and once a broker is back the device's resend is accepted.
+
+Reading back: tests assign partitions instead of subscribing, because tansu completes a consumer
+group join only after the rebalance timeout (max.poll.interval.ms, 5 minutes by default); and
+they read until what they expect is there and then QUIET seconds pass with nothing new, because
+tansu's high watermark (ListOffsets) counts record batches rather than records.
+"""
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from conftest import gateway_settings, register_device
+from kafka_broker import TansuBroker
+
+from ingest.app import running_gateway
+from ingest.cli import EXIT_USAGE, main
+from ingest.journals import open_journal
+from ledger.errors import SinkError
+from ledger.journal import JournalEntry, LocalJournal
+from ledger.kafka_journal import KafkaJournal, KafkaSettings, decode_key, ensure_topic
+from ledger.results import ResultCode
+from ledger.schemas import SCHEMAS
+from ofdproto.journal.v1.record_pb2 import JournalRecord
+from simulators.kkm import SimulatedKkm
+from simulators.receipts import Line, build_ticket
+
+PARTITIONS = 4
+VERSION = 203
+FIRST_RECEIPT_AT = datetime(2026, 11, 26, 9, 0, 0)
+READ_TIMEOUT = 10.0  # bounds every read-back of a topic
+QUIET = 0.5  # nothing new for this long after the expected records: the topic is read
+POLL = 0.2
+DB_TIMEOUT = 10.0
+# The broker-down test shortens the delivery timeout so that its 254 comes quickly.
+SHORT_DELIVERY_TIMEOUT = 1.5
+ANSWER_MARGIN = 1.0  # a 254 may come this much later than the delivery timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+
+
+def unique_topic(name: str) -> str:
+    return f"test.{name}.{uuid.uuid4().hex[:10]}"
+
+
+def read_topic(
+    bootstrap: str, topic: str, done: Callable[[Sequence[Consumed]], bool]
+) -> list[Consumed]:
+    """Blocking: every record of `topic`, read until `done` holds and QUIET passes."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:10]}",
+            "enable.auto.commit": False,
+        }
+    )
+    records: list[Consumed] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=READ_TIMEOUT)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + READ_TIMEOUT
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.consume(1000, timeout=POLL)
+            for message in batch:
+                error = message.error()
+                assert error is None, error
+                partition, offset = message.partition(), message.offset()
+                key, value = message.key(), message.value()
+                assert partition is not None
+                assert offset is not None
+                assert isinstance(key, bytes)
+                assert isinstance(value, bytes)
+                records.append(Consumed(partition, offset, key, value))
+            now = time.monotonic()
+            if batch:
+                last_new = now
+            elif done(records) and now - last_new >= QUIET:
+                return records
+    finally:
+        consumer.close()
+    raise AssertionError(f"{topic}: expected records not there in {READ_TIMEOUT} s")
+
+
+def ticket(number: int) -> Any:
+    return build_ticket(
+        SCHEMAS[VERSION],
+        when=FIRST_RECEIPT_AT + timedelta(seconds=number),
+        shift_number=1,
+        document_number=number,
+        lines=[Line("Нан / Хлеб", "1", 2000, 25000)],
+        payment="card",
+    )
+
+
+async def device_row(database_url: str, system_id: int) -> dict[str, Any]:
+    async with asyncio.timeout(DB_TIMEOUT):
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow("SELECT * FROM device_state WHERE system_id = $1", system_id)
+        finally:
+            await conn.close()
+    assert row is not None
+    return dict(row)
+
+
+def journal_records(records: Sequence[Consumed]) -> list[JournalRecord]:
+    decoded = [JournalRecord.FromString(r.value) for r in records]
+    for record, raw in zip(decoded, records, strict=True):
+        assert decode_key(raw.key) == record.device_id, "records are keyed by device id"
+    return decoded
+
+
+async def test_records_come_back_in_order_per_device(kafka_bootstrap: str) -> None:
+    settings = KafkaSettings(kafka_bootstrap, topic=unique_topic("order"))
+    await asyncio.to_thread(ensure_topic, settings, PARTITIONS)
+    devices = [1, 2, 77, 4_000_000_000]
+    batches = 5
+    journal = KafkaJournal(settings)
+    try:
+        for batch in range(batches):
+            # Interleaved devices, and a device twice in one batch: order must hold anyway.
+            entries = [
+                JournalEntry(device, f"{device}:{batch}:{copy}".encode())
+                for device in devices
+                for copy in range(2)
+            ]
+            await journal.append(entries)
+    finally:
+        await journal.close()
+
+    expected = len(devices) * batches * 2
+    records = await asyncio.to_thread(
+        read_topic, kafka_bootstrap, settings.topic, lambda got: len(got) >= expected
+    )
+    assert len(records) == expected
+    by_device: dict[int, list[Consumed]] = {}
+    for record in records:
+        by_device.setdefault(decode_key(record.key), []).append(record)
+    assert sorted(by_device) == devices
+    for device, own in by_device.items():
+        assert len({r.partition for r in own}) == 1, "one device, one partition"
+        own.sort(key=lambda r: r.offset)
+        assert [r.value.decode() for r in own] == [
+            f"{device}:{batch}:{copy}" for batch in range(batches) for copy in range(2)
+        ]
+
+
+async def test_refused_entries_produce_nothing(kafka_bootstrap: str) -> None:
+    """A key that is no u32 refuses the whole batch before any record is produced."""
+    settings = KafkaSettings(kafka_bootstrap, topic=unique_topic("refused"))
+    await asyncio.to_thread(ensure_topic, settings, 1)
+    journal = KafkaJournal(settings)
+    try:
+        with pytest.raises(SinkError) as refused:
+            await journal.append([JournalEntry(5, b"good"), JournalEntry(2**32, b"bad")])
+        assert not refused.value.retriable
+        await journal.append([JournalEntry(6, b"after")])
+    finally:
+        await journal.close()
+    records = await asyncio.to_thread(
+        read_topic, kafka_bootstrap, settings.topic, lambda got: len(got) >= 1
+    )
+    assert [(decode_key(r.key), r.value) for r in records] == [(6, b"after")]
+
+
+async def test_gateway_answers_only_what_the_broker_acknowledged(
+    tmp_path: Path, database_url: str, kafka_bootstrap: str
+) -> None:
+    kafka = KafkaSettings(kafka_bootstrap, topic=unique_topic("gateway"), client_id="ofd-test")
+    await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+    settings = dataclasses.replace(gateway_settings(tmp_path, database_url), kafka=kafka)
+    receipts = 5
+    signs: dict[str, tuple[int, int]] = {}
+
+    async def run_device(port: int) -> None:
+        device = await register_device(database_url)
+        kkm = SimulatedKkm("127.0.0.1", port, version=VERSION,
+                           system_id=device.system_id, token=device.token, retries=0)  # fmt: skip
+        for number in range(1, receipts + 1):
+            response = await kkm.send(ticket(number))
+            assert response.result.result_code == ResultCode.OK, response.result.result_text
+            signs[response.ticket.ticket_number] = (device.system_id, number)
+
+    async with running_gateway(settings) as gateway:
+        async with asyncio.TaskGroup() as devices:
+            for _ in range(3):
+                devices.create_task(run_device(gateway.tcp.port))
+        # Read while the gateway still runs: every answer was sent after its acknowledgement.
+        records = await asyncio.to_thread(
+            read_topic,
+            kafka_bootstrap,
+            kafka.topic,
+            lambda got: {JournalRecord.FromString(r.value).fiscal_sign for r in got} >= set(signs),
+        )
+    journaled = journal_records(records)
+    assert sorted(r.fiscal_sign for r in journaled) == sorted(signs), "each exactly once"
+    for record in journaled:
+        device_id, number = signs[record.fiscal_sign]
+        assert record.device_id == device_id
+        assert record.document_id == f"{device_id}/s1/d{number}"
+        assert record.gateway_id == settings.gateway_id
+    assert not settings.journal_dir.exists(), "nothing went to the local journal"
+
+
+async def test_broker_down_answers_254_and_resend_is_accepted_after_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    broker = await asyncio.to_thread(TansuBroker, tmp_path / "tansu.log")
+    try:
+        kafka = KafkaSettings(
+            broker.bootstrap, topic=unique_topic("down"), delivery_timeout=SHORT_DELIVERY_TIMEOUT
+        )
+        await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+        settings = dataclasses.replace(gateway_settings(tmp_path, database_url), kafka=kafka)
+        async with running_gateway(settings) as gateway:
+            device = await register_device(database_url)
+            kkm = SimulatedKkm(
+                "127.0.0.1",
+                gateway.tcp.port,
+                version=VERSION,
+                system_id=device.system_id,
+                token=device.token,
+                retries=0,
+            )
+            first = await kkm.send(ticket(1))
+            assert first.result.result_code == ResultCode.OK, first.result.result_text
+            before = await device_row(database_url, device.system_id)
+            token = kkm.token
+
+            await asyncio.to_thread(broker.kill)
+            started = time.monotonic()
+            down = await kkm.send(ticket(2))
+            elapsed = time.monotonic() - started
+            assert down.result.result_code == ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE
+            assert elapsed < SHORT_DELIVERY_TIMEOUT + ANSWER_MARGIN, elapsed
+            assert kkm.token == token
+            assert await device_row(database_url, device.system_id) == before
+
+            # Memory storage: the restarted broker is empty, so the topic is made again.
+            await asyncio.to_thread(broker.restart)
+            await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+            resent = await kkm.retransmit()
+            assert resent.result.result_code == ResultCode.OK, resent.result.result_text
+            assert kkm.token != token
+            after = await device_row(database_url, device.system_id)
+            assert after["documents_accepted"] == before["documents_accepted"] + 1
+            sign = resent.ticket.ticket_number
+            records = await asyncio.to_thread(
+                read_topic,
+                broker.bootstrap,
+                kafka.topic,
+                lambda got: any(JournalRecord.FromString(r.value).fiscal_sign == sign for r in got),
+            )
+        journaled = journal_records(records)
+        assert [r.fiscal_sign for r in journaled] == [sign]
+        assert journaled[0].document_id == f"{device.system_id}/s1/d2"
+        assert journaled[0].response_frame == kkm.last_response_frame
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_open_journal_follows_the_settings(tmp_path: Path, kafka_bootstrap: str) -> None:
+    local_settings = gateway_settings(tmp_path, "postgresql://unused")
+    local = open_journal(local_settings)
+    assert isinstance(local, LocalJournal)
+    await local.close()
+    kafka = open_journal(dataclasses.replace(local_settings, kafka=KafkaSettings(kafka_bootstrap)))
+    assert isinstance(kafka, KafkaJournal)
+    await kafka.close()
+
+
+def test_serve_refuses_kafka_without_bootstrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OFD_KAFKA_BOOTSTRAP", raising=False)
+    argv = ["serve", "--data-dir", str(tmp_path), "--secret-hex", "00" * 16, "--journal", "kafka"]
+    assert main(argv) == EXIT_USAGE
+
+
+def test_kafka_settings_are_checked_at_start_up() -> None:
+    with pytest.raises(ValueError, match="compression"):
+        KafkaSettings("127.0.0.1:1", compression="brotli")
+    with pytest.raises(ValueError, match="timeout"):
+        KafkaSettings("127.0.0.1:1", delivery_timeout=0)

@@ -1,0 +1,168 @@
+"""Prometheus metrics: scraped over HTTP from a running in-process gateway, they count what
+devices were told; and the answer-label reader agrees with parsing the answer."""
+
+import asyncio
+import dataclasses
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import gateway_settings, register_device
+from prometheus_client.parser import text_string_to_metric_families
+from test_session_wire import ask, body, command_body, ticket
+
+from ingest.app import RunningGateway, running_gateway
+from ingest.body import refusal_frame, response_frame
+from ingest.codec import FrameHeader, encode
+from ingest.metrics import UNREADABLE, answer_labels
+from ledger.errors import Refusal
+from ledger.results import Command, ResultCode
+from ledger.schemas import SCHEMAS
+from simulators.kkm import SimulatedKkm
+
+DEADLINE = 10.0
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+async def metered_gateway(tmp_path: Path, database_url: str) -> AsyncIterator[RunningGateway]:
+    settings = dataclasses.replace(gateway_settings(tmp_path, database_url), metrics_port=0)
+    async with running_gateway(settings) as running:
+        yield running
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=DEADLINE) as reply:  # noqa: S310  # our own http URL
+        text: str = reply.read().decode()
+        return text
+
+
+async def scrape(gateway: RunningGateway) -> Samples:
+    """Every sample /metrics serves, by name and labels."""
+    assert gateway.metrics_port is not None
+    text = await asyncio.to_thread(_get, f"http://127.0.0.1:{gateway.metrics_port}/metrics")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_scrape_counts_receipts_refusals_commits_and_connections(
+    metered_gateway: RunningGateway, database_url: str
+) -> None:
+    gateway = metered_gateway
+    before = await scrape(gateway)
+    assert value(before, "ofd_requests_total") == 0
+    assert value(before, "ofd_auth_failures_total", code="2") == 0  # present before any failure
+
+    device = await register_device(database_url)
+    async with SimulatedKkm(
+        "127.0.0.1", gateway.tcp.port, version=204, system_id=device.system_id, token=device.token
+    ) as kkm:
+        for number in (1, 2, 3):
+            response = await kkm.send(ticket(204, number))
+            assert response.result.result_code == ResultCode.OK
+    wrong = device.token ^ 0x5A5A
+    refused = await ask(
+        gateway.tcp.port, encode(203, device.system_id, wrong, 9, body(ticket(203)))
+    )
+    assert refused.code == ResultCode.INVALID_TOKEN
+    unknown = await ask(
+        gateway.tcp.port, encode(204, device.system_id, kkm.token, 9, command_body(55))
+    )
+    assert unknown.code == ResultCode.UNKNOWN_COMMAND
+
+    after = await scrape(gateway)
+    tcp = {"transport": "tcp"}
+    assert (
+        value(after, "ofd_requests_total", command="TICKET", result="0", version="204", **tcp) == 3
+    )
+    assert (
+        value(after, "ofd_requests_total", command="TICKET", result="2", version="203", **tcp) == 1
+    )
+    assert (
+        value(after, "ofd_requests_total", command="SYSTEM", result="4", version="204", **tcp) == 1
+    )
+    assert value(after, "ofd_auth_failures_total", code="2") == 1
+    assert value(after, "ofd_auth_failures_total", code="1") == 0
+    assert value(after, "ofd_request_duration_seconds_count", **tcp) == 5
+    assert value(after, "ofd_request_duration_seconds_bucket", le="+Inf", **tcp) == 5
+    assert value(after, "ofd_request_duration_seconds_sum", **tcp) > 0
+    assert value(after, "ofd_journal_appends_total") == 3
+    # Three accepted tickets are three state changes, in one batch or several.
+    assert value(after, "ofd_commit_batch_size_sum") == 3
+    assert 1 <= value(after, "ofd_commit_duration_seconds_count") <= 3
+    assert value(after, "ofd_commit_failures_total") == 0
+    assert value(after, "ofd_shed_total", policy="commit_queue_full") == 0
+    assert value(after, "ofd_connections_total") >= 3  # the KKM's, and one per `ask`
+    assert value(after, "ofd_connections_refused_total") == 0
+    assert value(after, "ofd_frame_errors_total", transport="tcp") == 0
+    assert value(after, "ofd_gateway_info", gateway_id="gw-test") == 1
+    assert value(after, "process_cpu_seconds_total") > 0
+
+
+async def test_frame_errors_and_connections_are_read_from_the_server(
+    metered_gateway: RunningGateway,
+) -> None:
+    gateway = metered_gateway
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.tcp.port)
+    try:
+        writer.write(b"\x00" * 18)  # a header with a wrong app code: framing is lost
+        async with asyncio.timeout(DEADLINE):
+            await reader.read()  # the PROTOCOL_ERROR answer, then the server closes
+    finally:
+        writer.close()
+    samples = await scrape(gateway)
+    assert value(samples, "ofd_frame_errors_total", transport="tcp") == 1
+    assert value(samples, "ofd_connections_total") == 1
+    assert value(samples, "ofd_requests_total") == 0  # not a request: it had no readable header
+
+
+def test_metrics_are_not_served_unless_asked(tmp_path: Path) -> None:
+    assert gateway_settings(tmp_path, "postgresql://unused").metrics_port is None
+
+
+# --- reading labels from answer bytes ---
+
+
+@pytest.mark.parametrize("version", [203, 204])
+@pytest.mark.parametrize(
+    ("command", "code", "text"),
+    [
+        (Command.TICKET, ResultCode.INVALID_TOKEN, "x"),
+        (Command.SYSTEM, ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "busy"),
+        (Command.REPORT, ResultCode.UNKNOWN_ERROR, "y" * 300),  # a 2-byte length varint
+        (Command.INFO, ResultCode.PROTOCOL_ERROR, "z" * 1030),  # result length 0x8B 0x08
+        (Command.QR_GET_STATUS, ResultCode.OK, ""),
+    ],
+)
+def test_answer_labels_agree_with_parsing(
+    version: int, command: int, code: ResultCode, text: str
+) -> None:
+    header = FrameHeader(version, 0, 7, 8, 9)
+    known = command in SCHEMAS[version].CommandTypeEnum.values()
+    answer = refusal_frame(header, command, Refusal(code, text))
+    assert answer_labels(answer) == (version, command if known else 0, code)
+
+
+def test_answer_labels_walk_fields_in_any_order() -> None:
+    """A Response whose result comes before command (legal protobuf) still reads right."""
+    schema = SCHEMAS[204]
+    response = schema.Response(command=Command.TICKET)
+    response.result.result_code = ResultCode.OK
+    result = response.result.SerializeToString()
+    reordered = b"\x12" + bytes([len(result)]) + result + b"\x08\x01"
+    answer = encode(204, 1, 2, 3, reordered)
+    assert answer_labels(answer) == (204, Command.TICKET, ResultCode.OK)
+    assert answer_labels(response_frame(FrameHeader(204, 0, 1, 2, 3), 2, response)) == (
+        204,
+        Command.TICKET,
+        ResultCode.OK,
+    )
+    assert answer_labels(encode(204, 1, 2, 3, b"\xff")) == (204, UNREADABLE, UNREADABLE)
