@@ -1,11 +1,12 @@
-"""Assembles one gateway process: state store, journal, group commit, TCP and gRPC servers
-(control API, device ingest, health, reflection) and the Prometheus metrics."""
+"""Assembles one gateway process: state store, journal, group commit, the TCP server, the gRPC
+servers (control API; device ingest on its own port), health, reflection and the metrics."""
 
 import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc.aio
@@ -38,6 +39,34 @@ class RunningGateway:
     database_url: str
     metrics: GatewayMetrics
     metrics_port: int | None = None  # None: /metrics not served
+    grpc_port: int | None = None  # None: no gRPC device ingest
+
+
+class GrpcServer:
+    """One gRPC server with a service, the standard health service and reflection."""
+
+    def __init__(
+        self,
+        address: str,
+        handler: grpc.GenericRpcHandler,
+        service: str,
+        **options: Any,
+    ) -> None:
+        self._server = grpc.aio.server(**options)
+        self._server.add_generic_rpc_handlers([handler])
+        self._services = (service,)
+        self._health = grpc_ingest.add_health_and_reflection(self._server, self._services)
+        self.port = self._server.add_insecure_port(address)
+
+    async def start(self) -> None:
+        await self._server.start()
+        await grpc_ingest.mark_serving(self._health, self._services)
+
+    async def mark_stopping(self) -> None:
+        await self._health.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        await self._server.stop(grace=1.0)
 
 
 async def database_url_for(settings: Settings) -> str:
@@ -67,34 +96,51 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         metrics.watch_tcp(tcp.stats)
         ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
         metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
-        # One gRPC port: the control API, device ingest, health and reflection.
-        control = grpc.aio.server(
-            options=grpc_ingest.SERVER_OPTIONS,
-            maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
+        # Two gRPC servers: the control API for operators (control_host; no device may reach
+        # it) and device ingest beside the TCP port.
+        control = GrpcServer(
+            f"{settings.control_host}:{settings.control_port}",
+            ControlService(pool, pipeline.forget).generic_handler(),
+            CONTROL_SERVICE,
         )
-        control.add_generic_rpc_handlers(
-            [ControlService(pool, pipeline.forget).generic_handler(), ingest.generic_handler()]
+        grpc_ingest_server = (
+            None
+            if settings.grpc_port is None
+            else GrpcServer(
+                f"{settings.server.host}:{settings.grpc_port}",
+                ingest.generic_handler(),
+                grpc_ingest.SERVICE,
+                options=grpc_ingest.SERVER_OPTIONS,
+                maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
+            )
         )
-        grpc_services = (CONTROL_SERVICE, grpc_ingest.SERVICE)
-        health = grpc_ingest.add_health_and_reflection(control, grpc_services)
-        control_port = control.add_insecure_port(f"{settings.control_host}:{settings.control_port}")
+        grpc_servers = [control] if grpc_ingest_server is None else [control, grpc_ingest_server]
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")
-            await control.start()
-            await grpc_ingest.mark_serving(health, grpc_services)
+            for server in grpc_servers:
+                await server.start()
             await tcp.start()
             metrics_port: int | None = None
             try:
                 if settings.metrics_port is not None:
                     metrics_port = metrics.start_http(settings.control_host, settings.metrics_port)
                 yield RunningGateway(
-                    tcp, control_port, pipeline, committer, dsn, metrics, metrics_port
+                    tcp,
+                    control.port,
+                    pipeline,
+                    committer,
+                    dsn,
+                    metrics,
+                    metrics_port,
+                    None if grpc_ingest_server is None else grpc_ingest_server.port,
                 )
             finally:
-                await health.enter_graceful_shutdown()
+                for server in grpc_servers:
+                    await server.mark_stopping()
                 await tcp.stop()
                 await _drain(tcp)
-                await control.stop(grace=1.0)
+                for server in reversed(grpc_servers):
+                    await server.stop()
                 await ingest.drain(DRAIN_SECONDS)
                 await metrics.stop_http()
                 commit_task.cancel()
@@ -125,9 +171,13 @@ async def serve(settings: Settings) -> None:
             if gateway.metrics_port is None
             else f" metrics={settings.control_host}:{gateway.metrics_port}"
         )
+        grpc = (
+            "" if gateway.grpc_port is None else f" grpc={settings.server.host}:{gateway.grpc_port}"
+        )
         print(
             f"ofd gateway ready tcp={settings.server.host}:{gateway.tcp.port}"
             f" control={settings.control_host}:{gateway.control_port}"
+            f"{grpc}"
             f" gateway_id={settings.gateway_id} data_dir={settings.data_dir}{metrics}",
             flush=True,
         )

@@ -30,6 +30,7 @@ from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.settings import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_DATA_DIR,
+    DEFAULT_GRPC_PORT,
     DEFAULT_TCP_PORT,
     Settings,
     default_gateway_id,
@@ -62,6 +63,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         commit=CommitSettings(workers=args.commit_workers),
         fiscal=FiscalSettings(secret=load_secret(data_dir, args.secret_hex)),
         metrics_port=args.metrics_port or None,
+        grpc_port=args.grpc_port or None,
         kafka=_kafka_from(args),
     )
 
@@ -149,6 +151,12 @@ def _add_serve(sub: Any) -> None:
         "--control-port",
         type=int,
         default=int(_env("OFD_CONTROL_PORT", str(DEFAULT_CONTROL_PORT))),
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(_env("OFD_GRPC_PORT", str(DEFAULT_GRPC_PORT))),
+        help="gRPC device ingest port (on --host); 0 disables",
     )
     serve.add_argument(
         "--metrics-port",

@@ -17,6 +17,7 @@ from ledger.kafka_journal import KafkaSettings
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_TCP_PORT = 7777
 DEFAULT_CONTROL_PORT = 7778
+DEFAULT_GRPC_PORT = 7780
 SECRET_BYTES = 32
 DEFAULT_GATEWAY_ID = "gw1"
 
@@ -36,6 +37,9 @@ class Settings:
     metrics_port: int | None = None
     # None: the local journal in data_dir; set: the Kafka topic it names (ledger/kafka_journal.py).
     kafka: KafkaSettings | None = None
+    # gRPC device ingest on server.host, apart from the control API (which devices must not
+    # reach): None serves none, 0 a port the kernel picks.
+    grpc_port: int | None = None
 
     @property
     def journal_dir(self) -> Path:

@@ -100,8 +100,9 @@ def start_gateway(
         "gateway",
         [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(data_dir),
          "--port", str(port), "--control-port", str(control_port),
-         # No /metrics (counted all the same) unless extra_args ask: no fixed port to collide on.
-         "--metrics-port", "0", *extra_args],
+         # No /metrics (counted all the same) and no gRPC ingest unless extra_args ask: no fixed
+         # port to collide on.
+         "--metrics-port", "0", "--grpc-port", "0", *extra_args],
         log_path or data_dir / "gateway.log",
     )  # fmt: skip
     if "--database-url" not in extra_args:

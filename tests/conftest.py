@@ -62,6 +62,7 @@ def gateway_settings(
         server=ServerSettings(host="127.0.0.1", port=port, read_timeout=2.0, idle_timeout=5.0),
         control_host="127.0.0.1",
         control_port=0,
+        grpc_port=0,
         commit=CommitSettings(),
         fiscal=FiscalSettings(secret=TEST_SECRET),
     )

@@ -45,7 +45,7 @@ Metadata = Sequence[tuple[str, str]]
 
 @pytest.fixture
 async def channel(gateway: RunningGateway) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.control_port}") as opened:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as opened:
         yield opened
 
 
@@ -334,17 +334,36 @@ async def test_stream_with_unreadable_call_metadata_gets_one_protocol_error_and_
     assert await call.code() == grpc.StatusCode.OK
 
 
-# --- health and reflection on the same port ---
+# --- health and reflection: device ingest and the control API on separate ports ---
 
 
-@pytest.mark.parametrize("service", ["", INGEST_SERVICE, CONTROL_SERVICE])
+@pytest.mark.parametrize("service", ["", INGEST_SERVICE])
 async def test_health_check_is_serving(channel: grpc.aio.Channel, service: str) -> None:
+    """The ingest port reports itself and its service SERVING."""
     stub = health_pb2_grpc.HealthStub(channel)
     reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_control_api_is_not_reachable_on_the_ingest_port(
+    gateway: RunningGateway, channel: grpc.aio.Channel
+) -> None:
+    """Devices reach ingest only: the control API (unauthenticated) lives on its own port."""
+    assert gateway.grpc_port != gateway.control_port
+    stub = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Check(health_pb2.HealthCheckRequest(service=CONTROL_SERVICE), timeout=DEADLINE)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.control_port}") as control:
+        control_health = health_pb2_grpc.HealthStub(control)
+        reply = await control_health.Check(
+            health_pb2.HealthCheckRequest(service=CONTROL_SERVICE), timeout=DEADLINE
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Channel) -> None:
+    """Reflection on the ingest port lists ingest and health, not the control API."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = [
         reflection_pb2.ServerReflectionRequest(list_services=""),
@@ -352,5 +371,6 @@ async def test_reflection_lists_and_describes_the_services(channel: grpc.aio.Cha
     ]
     replies = [reply async for reply in stub.ServerReflectionInfo(iter(requests), timeout=DEADLINE)]
     listed = {service.name for service in replies[0].list_services_response.service}
-    assert {INGEST_SERVICE, CONTROL_SERVICE, "grpc.health.v1.Health"} <= listed
+    assert {INGEST_SERVICE, "grpc.health.v1.Health"} <= listed
+    assert CONTROL_SERVICE not in listed
     assert replies[1].file_descriptor_response.file_descriptor_proto
