@@ -6,166 +6,33 @@ in both served versions: who may talk, which token is the last one issued, what 
 retry, and that a retry is answered byte for byte as the first time and counted once.
 """
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from conftest import register_device
+from wire import (
+    UNKNOWN_SYSTEM_ID,
+    VERSIONS,
+    ask,
+    body,
+    command_body,
+    connect,
+    decode,
+    device_row,
+    empty_ticket_body,
+    journaled,
+    kkm_for,
+    ticket,
+)
 
 from ingest.app import RunningGateway
-from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, FrameHeader, encode
-from ledger.journal_view import journal_records
+from ingest.codec import HEADER, FrameHeader, encode
 from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
 from simulators.kkm import SimulatedKkm
-from simulators.receipts import Line, build_info, build_system, build_ticket
-
-VERSIONS = [203, 204]
-# Bounds every await on a socket: a wrong server fails a test, never hangs it.
-DEADLINE = 10.0
-UNKNOWN_SYSTEM_ID = 0xFFFFFFFE  # also shows an id above 2^31 is echoed intact
-
-
-# --- bytes on the wire ---
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    raw: bytes
-    header: FrameHeader
-    response: Any  # a Response of the header's version (2.0.3 for versions we do not serve)
-
-    @property
-    def code(self) -> int:
-        return int(self.response.result.result_code)
-
-
-def decode(raw: bytes) -> Answer:
-    """An answer frame taken apart: the header as sent, the body parsed by its version."""
-    assert len(raw) >= HEADER_SIZE, f"no whole header in {raw!r}"
-    app, version, size, device_id, token, request_number = HEADER.unpack_from(raw)
-    assert app == APP_CODE
-    assert size == len(raw)
-    schema = SCHEMAS.get(version, SCHEMAS[203])
-    response = schema.Response.FromString(raw[HEADER_SIZE:])
-    return Answer(raw, FrameHeader(version, size, device_id, token, request_number), response)
-
-
-class Link:
-    """One raw TCP connection to the gateway."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        async with asyncio.timeout(DEADLINE):
-            await self.writer.drain()
-
-    async def read_frame(self) -> bytes:
-        async with asyncio.timeout(DEADLINE):
-            head = await self.reader.readexactly(HEADER_SIZE)
-            size = HEADER.unpack(head)[2]
-            return head + await self.reader.readexactly(size - HEADER_SIZE)
-
-    async def ask(self, frame: bytes) -> Answer:
-        await self.send(frame)
-        return decode(await self.read_frame())
-
-    async def read_to_eof(self) -> bytes:
-        """Whatever else arrives until the server closes the connection."""
-        async with asyncio.timeout(DEADLINE):
-            try:
-                return await self.reader.read()
-            except ConnectionResetError:
-                return b""
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[Link]:
-    async with asyncio.timeout(DEADLINE):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield Link(reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(DEADLINE):
-                await writer.wait_closed()
-
-
-async def ask(port: int, frame: bytes) -> Answer:
-    """One request on its own connection, as the reference client does."""
-    async with connect(port) as link:
-        return await link.ask(frame)
-
-
-# --- requests ---
-
-
-def ticket(version: int, document_number: int = 1) -> Any:
-    return build_ticket(
-        SCHEMAS[version],
-        when=datetime(2026, 11, 26, 12, 30, 5),
-        shift_number=1,
-        document_number=document_number,
-        lines=[Line("Нан / Хлеб", "1", 2000, 18000)],
-        payment="card",
-    )
-
-
-def empty_ticket_body(version: int) -> bytes:
-    """A TICKET whose ticket has none of its required fields: well-formed bytes, not a Request."""
-    request = SCHEMAS[version].Request(command=Command.TICKET)
-    request.ticket.SetInParent()
-    partial: bytes = request.SerializePartialToString()
-    return partial
-
-
-def body(request: Any) -> bytes:
-    serialized: bytes = request.SerializeToString()
-    return serialized
-
-
-def command_body(command: int) -> bytes:
-    """A Request carrying only its command, encoded by hand (field 1, varint; command < 128)."""
-    assert 0 <= command < 128
-    return bytes([0x08, command])
-
-
-def kkm_for(gateway: RunningGateway, version: int, system_id: int, token: int) -> SimulatedKkm:
-    return SimulatedKkm(
-        "127.0.0.1", gateway.tcp.port, version=version, system_id=system_id, token=token
-    )
-
-
-async def device_row(database_url: str, system_id: int) -> asyncpg.Record:
-    conn = await asyncpg.connect(database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT token, documents_accepted, last_request_number FROM device_state"
-            " WHERE system_id = $1",
-            system_id,
-        )
-    finally:
-        await conn.close()
-    assert row is not None
-    return row
-
-
-def journaled(data_dir: Path, system_id: int) -> list[str]:
-    """The document ids in the journal for one device, one per record."""
-    return [
-        r.document_id for r in journal_records(data_dir / "journal") if r.device_id == system_id
-    ]
-
+from simulators.receipts import build_info, build_system
 
 # --- UNKNOWN_ID (1) ---
 
@@ -465,11 +332,9 @@ async def test_body_that_does_not_parse_is_protocol_error_and_connection_stays_u
         (204, 7, ResultCode.UNKNOWN_COMMAND),  # CANCEL_TICKET is reserved in 2.0.4 ...
         (203, 7, ResultCode.UNSUPPORTED_COMMAND),  # ... but known in 2.0.3
         (203, 100, ResultCode.UNKNOWN_COMMAND),  # QR_GENERATE is 2.0.4 only
-        (204, 100, ResultCode.UNSUPPORTED_COMMAND),
-        (203, Command.NOMENCLATURE, ResultCode.UNSUPPORTED_COMMAND),
-        (204, Command.NOMENCLATURE, ResultCode.UNSUPPORTED_COMMAND),
-        (203, Command.AUTH, ResultCode.UNSUPPORTED_COMMAND),
-        (204, Command.AUTH, ResultCode.UNSUPPORTED_COMMAND),
+        (203, 101, ResultCode.UNKNOWN_COMMAND),  # QR_GET_STATUS too
+        (203, Command.RESERVED, ResultCode.UNSUPPORTED_COMMAND),
+        (204, Command.RESERVED, ResultCode.UNSUPPORTED_COMMAND),
     ],
 )
 async def test_unknown_and_unsupported_commands(
@@ -549,7 +414,7 @@ async def _refuse_unknown_command(kkm: SimulatedKkm, last: bytes) -> Any:
 
 
 async def _refuse_unsupported(kkm: SimulatedKkm, last: bytes) -> Any:
-    return await kkm.send(command_body(Command.NOMENCLATURE))
+    return await kkm.send(command_body(Command.RESERVED))
 
 
 async def _refuse_bad_arithmetic(kkm: SimulatedKkm, last: bytes) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import RegisteredDevice, gateway_settings, register_device
+from wire import DEADLINE, connect, decode
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, FrameHeader, encode
@@ -27,7 +28,6 @@ from ledger.schemas import SCHEMAS
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_info, build_system, build_ticket, random_lines
 
-DEADLINE = 10.0  # bounds every socket await
 # For tests of the timeouts: short enough to wait for, and an idle timeout far beyond DEADLINE
 # where a test must show the read timeout (not the idle one) closed the connection.
 SHORT_READ_TIMEOUT = 0.3
@@ -37,58 +37,10 @@ LONG_IDLE_TIMEOUT = 60.0
 # --- helpers ---
 
 
-def decode(raw: bytes) -> tuple[FrameHeader, Any]:
-    assert len(raw) >= HEADER_SIZE, f"no whole header in {raw!r}"
-    app, version, size, device_id, token, request_number = HEADER.unpack_from(raw)
-    assert app == APP_CODE
-    assert size == len(raw)
-    schema = SCHEMAS.get(version, SCHEMAS[203])
-    header = FrameHeader(version, size, device_id, token, request_number)
-    return header, schema.Response.FromString(raw[HEADER_SIZE:])
-
-
-class Link:
-    """One raw TCP connection to the gateway."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        async with asyncio.timeout(DEADLINE):
-            await self.writer.drain()
-
-    async def read_frame(self) -> bytes:
-        async with asyncio.timeout(DEADLINE):
-            head = await self.reader.readexactly(HEADER_SIZE)
-            size = HEADER.unpack(head)[2]
-            return head + await self.reader.readexactly(size - HEADER_SIZE)
-
-    async def ask(self, frame: bytes) -> tuple[FrameHeader, Any]:
-        await self.send(frame)
-        return decode(await self.read_frame())
-
-    async def read_to_eof(self) -> bytes:
-        """Whatever else arrives until the server closes (or resets) the connection."""
-        async with asyncio.timeout(DEADLINE):
-            try:
-                return await self.reader.read()
-            except ConnectionResetError:
-                return b""
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[Link]:
-    async with asyncio.timeout(DEADLINE):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield Link(reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(DEADLINE):
-                await writer.wait_closed()
+def parts(raw: bytes) -> tuple[FrameHeader, Any]:
+    """An answer frame as (header, response)."""
+    answer = decode(raw)
+    return answer.header, answer.response
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +87,7 @@ async def test_pipelined_frames_of_several_devices_are_answered_in_order(
     devices = [await register_device(database_url) for _ in range(5)]
     async with connect(gateway.tcp.port) as link:
         await link.send(b"".join(frame_of(d, ticket(203), 1) for d in devices))
-        answers = [decode(await link.read_frame()) for _ in devices]
+        answers = [parts(await link.read_frame()) for _ in devices]
     assert [h.device_id for h, _ in answers] == [d.system_id for d in devices]
     assert all(r.result.result_code == ResultCode.OK for _, r in answers)
     assert len({r.ticket.ticket_number for _, r in answers}) == 5
@@ -154,7 +106,7 @@ async def test_pipelining_past_the_read_ahead_limit_is_answered_in_order(
     ]
     async with connect(gateway.tcp.port) as link:
         await link.send(b"".join(frame_of(device, r, n) for n, r in enumerate(requests, 1)))
-        answers = [decode(await link.read_frame()) for _ in requests]
+        answers = [parts(await link.read_frame()) for _ in requests]
     assert [h.request_number for h, _ in answers] == list(range(1, count + 1))
     assert [r.command for _, r in answers] == [r.command for r in requests]
     assert all(r.result.result_code == ResultCode.OK for _, r in answers)
@@ -195,7 +147,7 @@ async def test_frame_split_across_many_small_writes_is_answered(
                 await link.send(frame[pos : pos + step])
                 pos += step
                 await asyncio.sleep(0.002)
-        answers = [decode(await link.read_frame()) for _ in frames]
+        answers = [parts(await link.read_frame()) for _ in frames]
     assert [r.result.result_code for _, r in answers] == [ResultCode.OK, ResultCode.OK]
     assert [h.request_number for h, _ in answers] == [1, 2]
 
@@ -227,7 +179,7 @@ async def test_frame_started_after_an_answer_is_bounded_by_the_read_timeout(
     ) as gw:
         device = await register_device(database_url)
         async with connect(gw.tcp.port) as link:
-            _, answer = await link.ask(system_frame(device, 1))
+            answer = (await link.ask(system_frame(device, 1))).response
             assert answer.result.result_code == ResultCode.OK
             await link.send(system_frame(device, 2)[: HEADER_SIZE + 1])
             assert await link.read_to_eof() == b""
@@ -253,9 +205,9 @@ async def test_idle_persistent_connection_outlives_the_read_timeout_then_closes(
     async with gateway_with(tmp_path, database_url, read_timeout=0.2, idle_timeout=1.5) as gw:
         device = await register_device(database_url)
         async with connect(gw.tcp.port) as link:
-            _, first = await link.ask(system_frame(device, 1))
+            first = (await link.ask(system_frame(device, 1))).response
             await asyncio.sleep(0.5)  # past the read timeout, well within the idle timeout
-            _, second = await link.ask(system_frame(device, 2))
+            second = (await link.ask(system_frame(device, 2))).response
             assert await link.read_to_eof() == b""
         assert (first.result.result_code, second.result.result_code) == (0, 0)
         assert gw.tcp.stats.timed_out == 1
@@ -272,7 +224,7 @@ async def test_bad_app_code_is_answered_protocol_error_then_closed(
     frame = b"\x00\x00" + system_frame(device, 1)[2:]
     async with connect(gateway.tcp.port) as link:
         await link.send(frame)
-        header, response = decode(await link.read_frame())
+        header, response = parts(await link.read_frame())
         assert await link.read_to_eof() == b""
     assert response.result.result_code == ResultCode.PROTOCOL_ERROR
     assert "app code" in response.result.result_text
@@ -288,7 +240,7 @@ async def test_good_frames_before_a_broken_one_are_answered_then_protocol_error(
     data = system_frame(device, 1) + system_frame(device, 2) + b"\x00\x00" + bytes(16)
     async with connect(gateway.tcp.port) as link:
         await link.send(data)
-        answers = [decode(await link.read_frame()) for _ in range(3)]
+        answers = [parts(await link.read_frame()) for _ in range(3)]
         assert await link.read_to_eof() == b""
     assert [r.result.result_code for _, r in answers] == [
         ResultCode.OK,
@@ -309,7 +261,7 @@ async def test_bad_declared_size_is_answered_at_once_then_closed(
     header = HEADER.pack(APP_CODE, 204, size, device.system_id, device.token, 77)
     async with connect(gateway.tcp.port) as link:
         await link.send(header)
-        answer_header, response = decode(await link.read_frame())
+        answer_header, response = parts(await link.read_frame())
         assert await link.read_to_eof() == b""
     assert response.result.result_code == ResultCode.PROTOCOL_ERROR
     assert (answer_header.device_id, answer_header.request_number) == (device.system_id, 77)
@@ -329,7 +281,7 @@ async def test_connections_over_the_limit_are_closed_at_once(
         port = gw.tcp.port
         async with connect(port) as first, connect(port) as second:
             for n, link in enumerate((first, second), 1):
-                _, response = await link.ask(system_frame(device, n))
+                response = (await link.ask(system_frame(device, n))).response
                 assert response.result.result_code == ResultCode.OK
             async with connect(port) as third:
                 with contextlib.suppress(ConnectionError):
@@ -344,9 +296,9 @@ async def test_connections_over_the_limit_are_closed_at_once(
                 while gw.tcp.stats.active > 1:  # noqa: ASYNC110 - the server sees the close later
                     await asyncio.sleep(0.01)
             async with connect(port) as fourth:
-                _, response = await fourth.ask(system_frame(device, 4))
+                response = (await fourth.ask(system_frame(device, 4))).response
                 assert response.result.result_code == ResultCode.OK
-            _, response = await second.ask(system_frame(device, 5))
+            response = (await second.ask(system_frame(device, 5))).response
             assert response.result.result_code == ResultCode.OK
 
 
@@ -361,7 +313,7 @@ async def test_half_closed_connection_still_gets_its_answer(
     kkm = SimulatedKkm(
         "127.0.0.1", gateway.tcp.port, version=203, system_id=device.system_id, token=device.token
     )
-    _, response = decode(await kkm.exchange_raw(frame_of(device, ticket(203), 1), half_close=True))
+    _, response = parts(await kkm.exchange_raw(frame_of(device, ticket(203), 1), half_close=True))
     assert response.result.result_code == ResultCode.OK
     assert len(response.ticket.ticket_number) == 10
 
@@ -374,7 +326,7 @@ async def test_half_close_after_pipelined_frames_gets_every_answer_then_close(
     async with connect(gateway.tcp.port) as link:
         await link.send(b"".join(system_frame(device, n) for n in (1, 2, 3)))
         link.writer.write_eof()
-        answers = [decode(await link.read_frame()) for _ in range(3)]
+        answers = [parts(await link.read_frame()) for _ in range(3)]
         assert await link.read_to_eof() == b""
     assert [h.request_number for h, _ in answers] == [1, 2, 3]
     assert all(r.result.result_code == ResultCode.OK for _, r in answers)
