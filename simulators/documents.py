@@ -1,5 +1,7 @@
 """Every document a KKM sends, for either protocol version: receipts with any kind of line,
-money placements, shift closes and report requests.
+money placements, shift closes and report requests; and the other requests a till makes: the
+offline period it reports, catalogue (NOMENCLATURE) and operator login (AUTH) requests, and the
+2.0.4 payment QRs.
 
 Pure functions, no I/O, like `simulators.receipts` (whose simple receipt builder stays as it
 is): give them the generated module of a version and plain data, get a Request every required
@@ -19,6 +21,7 @@ from simulators.receipts import (
     STS_TAXATION_TYPE,
     VAT_TAX_TYPE,
     Request,
+    build_system,
     date_time,
     money,
     version_of,
@@ -272,4 +275,45 @@ def build_report(
         zx_report = minimal_zx_report(schema, when=when, shift_number=shift_number)
     if zx_report is not None:
         report.zx_report.CopyFrom(zx_report)
+    return cast(Request, request)
+
+
+def build_offline_system(schema: ModuleType, *, begin: datetime, end: datetime) -> Request:
+    """A SYSTEM reporting the device's offline period, as an idle offline device sends it."""
+    request: Any = build_system(schema)
+    period = request.service.offline_period
+    period.begin_time.CopyFrom(date_time(schema, begin))
+    period.end_time.CopyFrom(date_time(schema, end))
+    return cast(Request, request)
+
+
+def build_nomenclature(
+    schema: ModuleType, *, current_version: int = 0, barcode: str = ""
+) -> Request:
+    """A NOMENCLATURE request: the catalogue newer than `current_version`, or one barcode."""
+    request: Any = schema.Request(command=Command.NOMENCLATURE)
+    request.nomenclature.SetInParent()
+    if current_version:
+        request.nomenclature.current_version = current_version
+    if barcode:
+        request.nomenclature.barcode = barcode
+    return cast(Request, request)
+
+
+def build_auth(schema: ModuleType, *, login: str, password: str) -> Request:
+    """An AUTH request: an operator logging in at the device."""
+    request: Any = schema.Request(command=Command.AUTH)
+    request.auth.login = login
+    request.auth.password = password
+    return cast(Request, request)
+
+
+def build_qr(
+    schema: ModuleType, command: int, *, invoice_id: int, amount: int | None = None
+) -> Request:
+    """QR_GENERATE or QR_GET_STATUS (2.0.4 only: the 2.0.3 module has no QRRequest)."""
+    request: Any = schema.Request(command=command)
+    request.qr.invoice_id = invoice_id
+    if amount is not None:
+        request.qr.amount.CopyFrom(money(schema, amount))
     return cast(Request, request)
