@@ -3,10 +3,21 @@
 Plain functions over a connection; the control API calls them and turns RegistryError into a
 gRPC status. Every change to device_state bumps its version, so a gateway that cached the old
 state loses its next conditional update and re-reads.
+
+The registration lifecycle (protocol.md, "Duties of an OFD"):
+
+    awaiting_registration --register--> registered --request_deregistration-->
+    awaiting_deregistration --deregister--> deregistered --reregister(point)-->
+    awaiting_registration (at another trade point) ...
+
+awaiting_deregistration may go back to registered (the request withdrawn). Blocking and the
+subscription are apart from the status: a registered device may be blocked or switched off.
 """
 
+import json
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -20,6 +31,20 @@ DEVICE_STATUSES = (
     "deregistered",
 )
 MAX_SYSTEM_ID = 0xFFFFFFFF
+MAX_BLOCK_MESSAGE = 500  # characters; the column's CHECK says the same
+# A trade point's coordinates may change at most once in this long (issue 6).
+COORDINATES_CHANGE_INTERVAL = timedelta(days=1)
+# Lists are bounded: a caller pages with `after` (the last system id it saw).
+MAX_LIST = 1000
+MAX_AUDIT = 1000
+
+# status -> the statuses a control call may move it to
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "awaiting_registration": frozenset({"registered"}),
+    "registered": frozenset({"awaiting_deregistration"}),
+    "awaiting_deregistration": frozenset({"deregistered", "registered"}),
+    "deregistered": frozenset({"awaiting_registration"}),
+}
 
 
 class RegistryError(OfdError):
@@ -27,7 +52,7 @@ class RegistryError(OfdError):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "not_found" | "invalid" | "exists"
+        self.kind = kind  # "not_found" | "invalid" | "exists" | "precondition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +85,24 @@ class Device:
     year: int
     trade_point_id: int
     status: str
+    blocked: bool = False
+    block_message: str = ""
+    subscription_active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    system_id: int | None
+    detail: str  # JSON
+
+
+DEVICE_COLUMNS = (
+    "system_id, kgd_registration_number, serial_number, model, year, trade_point_id, status,"
+    " blocked, block_message, subscription_active"
+)
 
 
 def _translate(err: asyncpg.PostgresError) -> RegistryError:
@@ -151,8 +194,7 @@ async def add_device(conn: Conn, device: Device) -> Device:
 
 async def get_device(conn: Conn, system_id: int) -> Device:
     row = await conn.fetchrow(
-        "SELECT system_id, kgd_registration_number, serial_number, model, year,"
-        " trade_point_id, status FROM devices WHERE system_id = $1",
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE system_id = $1",
         system_id,
     )
     if row is None:
@@ -191,3 +233,206 @@ async def issue_token(conn: Conn, system_id: int) -> int:
     if done is None:
         raise RegistryError("not_found", f"no device with system id {system_id}")
     return token
+
+
+async def audit(
+    conn: Conn, actor: str, action: str, system_id: int | None, **detail: object
+) -> None:
+    """One line of the control audit log: who did what to which device (now, by the database
+    clock, so gateways with skewed clocks still order it)."""
+    await conn.execute(
+        "INSERT INTO control_audit (actor, action, system_id, detail) VALUES ($1, $2, $3, $4)",
+        actor,
+        action,
+        system_id,
+        json.dumps(detail, ensure_ascii=False, sort_keys=True),
+    )
+
+
+async def list_audit(conn: Conn, system_id: int | None, limit: int = MAX_AUDIT) -> list[AuditEntry]:
+    """The newest entries first, of one device or (None) of all."""
+    rows = await conn.fetch(
+        "SELECT at, actor, action, system_id, detail::text FROM control_audit"
+        " WHERE $1::bigint IS NULL OR system_id = $1 ORDER BY id DESC LIMIT $2",
+        system_id,
+        min(limit, MAX_AUDIT) if limit > 0 else MAX_AUDIT,
+    )
+    return [AuditEntry(*row) for row in rows]
+
+
+async def _bump(conn: Conn, system_id: int) -> None:
+    # Bumping the version makes every gateway re-read the device before answering it.
+    await conn.execute(
+        "UPDATE device_state SET version = version + 1 WHERE system_id = $1", system_id
+    )
+
+
+async def transition(conn: Conn, system_id: int, to: str, *, trade_point_id: int = 0) -> Device:
+    """Moves a device along the lifecycle, refusing a move the lifecycle does not have.
+
+    Re-registration (deregistered -> awaiting_registration) may move it to another trade point;
+    the shift and document counters stay: shift numbers run on from the first registration.
+    """
+    if to not in DEVICE_STATUSES:
+        raise RegistryError("invalid", f"unknown status {to!r}")
+    async with conn.transaction():
+        current = await conn.fetchval(
+            "SELECT status FROM devices WHERE system_id = $1 FOR UPDATE", system_id
+        )
+        if current is None:
+            raise RegistryError("not_found", f"no device with system id {system_id}")
+        if to not in TRANSITIONS[current]:
+            raise RegistryError("precondition", f"a device {current} cannot become {to}")
+        if trade_point_id and to != "awaiting_registration":
+            raise RegistryError("invalid", "only re-registration moves a device to another point")
+        try:
+            await conn.execute(
+                "UPDATE devices SET status = $2,"
+                " trade_point_id = CASE WHEN $3::bigint = 0 THEN trade_point_id ELSE $3 END"
+                " WHERE system_id = $1",
+                system_id,
+                to,
+                trade_point_id,
+            )
+        except asyncpg.PostgresError as err:
+            raise _translate(err) from err
+        await _bump(conn, system_id)
+    return await get_device(conn, system_id)
+
+
+async def set_blocked(conn: Conn, system_id: int, blocked: bool, message: str = "") -> Device:
+    """Blocks (with the message the device shows) or unblocks a device."""
+    if len(message) > MAX_BLOCK_MESSAGE:
+        raise RegistryError("invalid", f"block message longer than {MAX_BLOCK_MESSAGE} characters")
+    if blocked and not message.strip():
+        raise RegistryError("invalid", "a block needs the message the device will show")
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE devices SET blocked = $2, block_message = $3 WHERE system_id = $1"
+            " RETURNING system_id",
+            system_id,
+            blocked,
+            message if blocked else "",
+        )
+        if done is None:
+            raise RegistryError("not_found", f"no device with system id {system_id}")
+        await _bump(conn, system_id)
+    return await get_device(conn, system_id)
+
+
+async def set_subscription(conn: Conn, system_id: int, active: bool) -> Device:
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE devices SET subscription_active = $2 WHERE system_id = $1 RETURNING system_id",
+            system_id,
+            active,
+        )
+        if done is None:
+            raise RegistryError("not_found", f"no device with system id {system_id}")
+        await _bump(conn, system_id)
+    return await get_device(conn, system_id)
+
+
+async def update_trade_point(conn: Conn, point: TradePoint) -> TradePoint:
+    """Changes a trade point's title, addresses and coordinates; the coordinates at most once a
+    day (a shop does not move daily; a changing position is what a fraud looks like)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT latitude, longitude, coordinates_changed_at, now() AS now"
+            " FROM trade_points WHERE id = $1 FOR UPDATE",
+            point.id,
+        )
+        if row is None:
+            raise RegistryError("not_found", f"no trade point {point.id}")
+        moved = (row["latitude"], row["longitude"]) != (point.latitude, point.longitude)
+        changed_at = row["coordinates_changed_at"]
+        recently = changed_at is not None and row["now"] - changed_at < COORDINATES_CHANGE_INTERVAL
+        if moved and recently:
+            raise RegistryError(
+                "precondition",
+                f"coordinates of trade point {point.id} changed at {changed_at:%Y-%m-%d %H:%M}"
+                " UTC: at most once a day",
+            )
+        try:
+            await conn.execute(
+                "UPDATE trade_points SET title = $2, address = $3, address_kz = $4,"
+                " latitude = $5, longitude = $6,"
+                " coordinates_changed_at = CASE WHEN $7 THEN now() ELSE coordinates_changed_at END"
+                " WHERE id = $1",
+                point.id,
+                point.title,
+                point.address,
+                point.address_kz,
+                point.latitude,
+                point.longitude,
+                moved,
+            )
+        except asyncpg.PostgresError as err:
+            raise _translate(err) from err
+        # The point's facts go out in SYSTEM and INFO answers: every device there re-reads them.
+        await conn.execute(
+            "UPDATE device_state s SET version = version + 1 FROM devices d"
+            " WHERE d.system_id = s.system_id AND d.trade_point_id = $1",
+            point.id,
+        )
+    return await get_trade_point(conn, point.id)
+
+
+async def get_trade_point(conn: Conn, point_id: int) -> TradePoint:
+    row = await conn.fetchrow(
+        "SELECT id, organization_id, title, address, address_kz, latitude, longitude"
+        " FROM trade_points WHERE id = $1",
+        point_id,
+    )
+    if row is None:
+        raise RegistryError("not_found", f"no trade point {point_id}")
+    return TradePoint(*row)
+
+
+async def list_devices(
+    conn: Conn,
+    *,
+    organization_id: int = 0,
+    trade_point_id: int = 0,
+    status: str = "",
+    system_ids: frozenset[int] | None = None,
+    after: int = 0,
+    limit: int = MAX_LIST,
+) -> list[Device]:
+    """Devices by organization, trade point and status (0 / "" match any), in system id order;
+    `system_ids` narrows to those (a caller's scope)."""
+    if status and status not in DEVICE_STATUSES:
+        raise RegistryError("invalid", f"unknown status {status!r}")
+    columns = ", ".join(f"d.{c.strip()}" for c in DEVICE_COLUMNS.split(","))
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM devices d JOIN trade_points p ON p.id = d.trade_point_id"
+        " WHERE ($1::bigint = 0 OR p.organization_id = $1)"
+        " AND ($2::bigint = 0 OR d.trade_point_id = $2)"
+        " AND ($3::text = '' OR d.status = $3)"
+        " AND ($4::bigint[] IS NULL OR d.system_id = ANY($4))"
+        " AND d.system_id > $5"
+        " ORDER BY d.system_id LIMIT $6",
+        organization_id,
+        trade_point_id,
+        status,
+        None if system_ids is None else sorted(system_ids),
+        after,
+        min(limit, MAX_LIST) if limit > 0 else MAX_LIST,
+    )
+    return [Device(*row) for row in rows]
+
+
+async def organization_of_device(conn: Conn, system_id: int) -> int | None:
+    value: int | None = await conn.fetchval(
+        "SELECT p.organization_id FROM devices d JOIN trade_points p ON p.id = d.trade_point_id"
+        " WHERE d.system_id = $1",
+        system_id,
+    )
+    return value
+
+
+async def organization_of_point(conn: Conn, point_id: int) -> int | None:
+    value: int | None = await conn.fetchval(
+        "SELECT organization_id FROM trade_points WHERE id = $1", point_id
+    )
+    return value

@@ -24,27 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ofdproto/control/v1/control.proto\x12\x13ofdproto.control.v1\"i\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03iin\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\naddress_kz\x18\x05 \x01(\t\x12\x0c\n\x04oked\x18\x06 \x01(\t\"\x8a\x01\n\nTradePoint\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x17\n\x0forganization_id\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\naddress_kz\x18\x05 \x01(\t\x12\x10\n\x08latitude\x18\x06 \x01(\r\x12\x11\n\tlongitude\x18\x07 \x01(\r\"\xbb\x01\n\x06\x44\x65vice\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\x1f\n\x17kgd_registration_number\x18\x02 \x01(\t\x12\x15\n\rserial_number\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04year\x18\x05 \x01(\r\x12\x16\n\x0etrade_point_id\x18\x06 \x01(\x03\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32!.ofdproto.control.v1.DeviceStatus\"\x1e\n\tDeviceRef\x12\x11\n\tsystem_id\x18\x01 \x01(\r\"/\n\x0bTokenIssued\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\r\"\xca\x02\n\x0b\x44\x65viceState\x12+\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x1b.ofdproto.control.v1.Device\x12\r\n\x05token\x18\x02 \x01(\r\x12\x18\n\x10has_last_request\x18\x03 \x01(\x08\x12\x1b\n\x13last_request_number\x18\x04 \x01(\r\x12\x14\n\x0clast_command\x18\x05 \x01(\r\x12\x14\n\x0cshift_number\x18\x06 \x01(\r\x12\x12\n\nshift_open\x18\x07 \x01(\x08\x12\x1b\n\x13last_document_shift\x18\x08 \x01(\r\x12\x1c\n\x14last_document_number\x18\t \x01(\x04\x12\x1a\n\x12\x64ocuments_accepted\x18\n \x01(\x04\x12\x17\n\x0flast_contact_us\x18\x0b \x01(\x03\x12\x18\n\x10protocol_version\x18\x0c \x01(\r*\xbf\x01\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\'\n#DEVICE_STATUS_AWAITING_REGISTRATION\x10\x01\x12\x1c\n\x18\x44\x45VICE_STATUS_REGISTERED\x10\x02\x12)\n%DEVICE_STATUS_AWAITING_DEREGISTRATION\x10\x03\x12\x1e\n\x1a\x44\x45VICE_STATUS_DEREGISTERED\x10\x04\x32\xeb\x03\n\x07\x43ontrol\x12W\n\x0f\x41\x64\x64Organization\x12!.ofdproto.control.v1.Organization\x1a!.ofdproto.control.v1.Organization\x12Q\n\rAddTradePoint\x12\x1f.ofdproto.control.v1.TradePoint\x1a\x1f.ofdproto.control.v1.TradePoint\x12\x45\n\tAddDevice\x12\x1b.ofdproto.control.v1.Device\x1a\x1b.ofdproto.control.v1.Device\x12M\n\x0e\x41\x63tivateDevice\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12N\n\nIssueToken\x12\x1e.ofdproto.control.v1.DeviceRef\x1a .ofdproto.control.v1.TokenIssued\x12N\n\nShowDevice\x12\x1e.ofdproto.control.v1.DeviceRef\x1a .ofdproto.control.v1.DeviceStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ofdproto/control/v1/control.proto\x12\x13ofdproto.control.v1\"i\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03iin\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\naddress_kz\x18\x05 \x01(\t\x12\x0c\n\x04oked\x18\x06 \x01(\t\"\x8a\x01\n\nTradePoint\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x17\n\x0forganization_id\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\naddress_kz\x18\x05 \x01(\t\x12\x10\n\x08latitude\x18\x06 \x01(\r\x12\x11\n\tlongitude\x18\x07 \x01(\r\"\x80\x02\n\x06\x44\x65vice\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\x1f\n\x17kgd_registration_number\x18\x02 \x01(\t\x12\x15\n\rserial_number\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04year\x18\x05 \x01(\r\x12\x16\n\x0etrade_point_id\x18\x06 \x01(\x03\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32!.ofdproto.control.v1.DeviceStatus\x12\x0f\n\x07\x62locked\x18\x08 \x01(\x08\x12\x15\n\rblock_message\x18\t \x01(\t\x12\x1b\n\x13subscription_active\x18\n \x01(\x08\"\x1e\n\tDeviceRef\x12\x11\n\tsystem_id\x18\x01 \x01(\r\"/\n\x0bTokenIssued\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\r\"\xa3\x03\n\x0b\x44\x65viceState\x12+\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x1b.ofdproto.control.v1.Device\x12\r\n\x05token\x18\x02 \x01(\r\x12\x18\n\x10has_last_request\x18\x03 \x01(\x08\x12\x1b\n\x13last_request_number\x18\x04 \x01(\r\x12\x14\n\x0clast_command\x18\x05 \x01(\r\x12\x14\n\x0cshift_number\x18\x06 \x01(\r\x12\x12\n\nshift_open\x18\x07 \x01(\x08\x12\x1b\n\x13last_document_shift\x18\x08 \x01(\r\x12\x1c\n\x14last_document_number\x18\t \x01(\x04\x12\x1a\n\x12\x64ocuments_accepted\x18\n \x01(\x04\x12\x17\n\x0flast_contact_us\x18\x0b \x01(\x03\x12\x18\n\x10protocol_version\x18\x0c \x01(\r\x12\x17\n\x0fshift_opened_at\x18\r \x01(\t\x12\x15\n\roffline_since\x18\x0e \x01(\t\x12\x15\n\roffline_until\x18\x0f \x01(\t\x12\x10\n\x08software\x18\x10 \x01(\t\";\n\x0eReregistration\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\x16\n\x0etrade_point_id\x18\x02 \x01(\x03\"2\n\x0c\x42lockRequest\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"8\n\x13SubscriptionRequest\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"\x90\x01\n\x0c\x44\x65viceFilter\x12\x17\n\x0forganization_id\x18\x01 \x01(\x03\x12\x16\n\x0etrade_point_id\x18\x02 \x01(\x03\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.ofdproto.control.v1.DeviceStatus\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\r\x12\r\n\x05limit\x18\x05 \x01(\r\":\n\nDeviceList\x12,\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1b.ofdproto.control.v1.Device\".\n\nAuditQuery\x12\x11\n\tsystem_id\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\"b\n\nAuditEntry\x12\r\n\x05\x61t_us\x18\x01 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tsystem_id\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\"<\n\x08\x41uditLog\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.ofdproto.control.v1.AuditEntry\"\x81\x01\n\nApiKeySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.ofdproto.control.v1.Role\x12\x17\n\x0forganization_id\x18\x03 \x01(\x03\x12\x12\n\nsystem_ids\x18\x04 \x03(\r\x12\x0f\n\x07modules\x18\x05 \x03(\t\"(\n\rApiKeyCreated\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x17\n\tApiKeyRef\x12\n\n\x02id\x18\x01 \x01(\x03\"X\n\x06\x43\x61ller\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.ofdproto.control.v1.Role\x12\x17\n\x0forganization_id\x18\x03 \x01(\x03\"\x07\n\x05\x45mpty*\xbf\x01\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\'\n#DEVICE_STATUS_AWAITING_REGISTRATION\x10\x01\x12\x1c\n\x18\x44\x45VICE_STATUS_REGISTERED\x10\x02\x12)\n%DEVICE_STATUS_AWAITING_DEREGISTRATION\x10\x03\x12\x1e\n\x1a\x44\x45VICE_STATUS_DEREGISTERED\x10\x04*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_OPERATOR\x10\x01\x12\x15\n\x11ROLE_ORGANIZATION\x10\x02\x12\x17\n\x13ROLE_SERVICE_CENTRE\x10\x03\x32\xd4\x0c\n\x07\x43ontrol\x12W\n\x0f\x41\x64\x64Organization\x12!.ofdproto.control.v1.Organization\x1a!.ofdproto.control.v1.Organization\x12Q\n\rAddTradePoint\x12\x1f.ofdproto.control.v1.TradePoint\x1a\x1f.ofdproto.control.v1.TradePoint\x12\x45\n\tAddDevice\x12\x1b.ofdproto.control.v1.Device\x1a\x1b.ofdproto.control.v1.Device\x12M\n\x0e\x41\x63tivateDevice\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12N\n\nIssueToken\x12\x1e.ofdproto.control.v1.DeviceRef\x1a .ofdproto.control.v1.TokenIssued\x12N\n\nShowDevice\x12\x1e.ofdproto.control.v1.DeviceRef\x1a .ofdproto.control.v1.DeviceState\x12T\n\x10UpdateTradePoint\x12\x1f.ofdproto.control.v1.TradePoint\x1a\x1f.ofdproto.control.v1.TradePoint\x12L\n\x08GetToken\x12\x1e.ofdproto.control.v1.DeviceRef\x1a .ofdproto.control.v1.TokenIssued\x12T\n\x15RequestDeregistration\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12S\n\x14\x43\x61ncelDeregistration\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12I\n\nDeregister\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12N\n\nReregister\x12#.ofdproto.control.v1.Reregistration\x1a\x1b.ofdproto.control.v1.Device\x12M\n\x0b\x42lockDevice\x12!.ofdproto.control.v1.BlockRequest\x1a\x1b.ofdproto.control.v1.Device\x12L\n\rUnblockDevice\x12\x1e.ofdproto.control.v1.DeviceRef\x1a\x1b.ofdproto.control.v1.Device\x12X\n\x0fSetSubscription\x12(.ofdproto.control.v1.SubscriptionRequest\x1a\x1b.ofdproto.control.v1.Device\x12Q\n\x0bListDevices\x12!.ofdproto.control.v1.DeviceFilter\x1a\x1f.ofdproto.control.v1.DeviceList\x12K\n\tListAudit\x12\x1f.ofdproto.control.v1.AuditQuery\x1a\x1d.ofdproto.control.v1.AuditLog\x12S\n\x0c\x43reateApiKey\x12\x1f.ofdproto.control.v1.ApiKeySpec\x1a\".ofdproto.control.v1.ApiKeyCreated\x12N\n\x0cRevokeApiKey\x12\x1e.ofdproto.control.v1.ApiKeyRef\x1a\x1e.ofdproto.control.v1.ApiKeyRef\x12\x41\n\x06WhoAmI\x12\x1a.ofdproto.control.v1.Empty\x1a\x1b.ofdproto.control.v1.Callerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ofdproto.control.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICESTATUS']._serialized_start=911
-  _globals['_DEVICESTATUS']._serialized_end=1102
+  _globals['_DEVICESTATUS']._serialized_start=1955
+  _globals['_DEVICESTATUS']._serialized_end=2146
+  _globals['_ROLE']._serialized_start=2148
+  _globals['_ROLE']._serialized_end=2243
   _globals['_ORGANIZATION']._serialized_start=58
   _globals['_ORGANIZATION']._serialized_end=163
   _globals['_TRADEPOINT']._serialized_start=166
   _globals['_TRADEPOINT']._serialized_end=304
   _globals['_DEVICE']._serialized_start=307
-  _globals['_DEVICE']._serialized_end=494
-  _globals['_DEVICEREF']._serialized_start=496
-  _globals['_DEVICEREF']._serialized_end=526
-  _globals['_TOKENISSUED']._serialized_start=528
-  _globals['_TOKENISSUED']._serialized_end=575
-  _globals['_DEVICESTATE']._serialized_start=578
-  _globals['_DEVICESTATE']._serialized_end=908
-  _globals['_CONTROL']._serialized_start=1105
-  _globals['_CONTROL']._serialized_end=1596
+  _globals['_DEVICE']._serialized_end=563
+  _globals['_DEVICEREF']._serialized_start=565
+  _globals['_DEVICEREF']._serialized_end=595
+  _globals['_TOKENISSUED']._serialized_start=597
+  _globals['_TOKENISSUED']._serialized_end=644
+  _globals['_DEVICESTATE']._serialized_start=647
+  _globals['_DEVICESTATE']._serialized_end=1066
+  _globals['_REREGISTRATION']._serialized_start=1068
+  _globals['_REREGISTRATION']._serialized_end=1127
+  _globals['_BLOCKREQUEST']._serialized_start=1129
+  _globals['_BLOCKREQUEST']._serialized_end=1179
+  _globals['_SUBSCRIPTIONREQUEST']._serialized_start=1181
+  _globals['_SUBSCRIPTIONREQUEST']._serialized_end=1237
+  _globals['_DEVICEFILTER']._serialized_start=1240
+  _globals['_DEVICEFILTER']._serialized_end=1384
+  _globals['_DEVICELIST']._serialized_start=1386
+  _globals['_DEVICELIST']._serialized_end=1444
+  _globals['_AUDITQUERY']._serialized_start=1446
+  _globals['_AUDITQUERY']._serialized_end=1492
+  _globals['_AUDITENTRY']._serialized_start=1494
+  _globals['_AUDITENTRY']._serialized_end=1592
+  _globals['_AUDITLOG']._serialized_start=1594
+  _globals['_AUDITLOG']._serialized_end=1654
+  _globals['_APIKEYSPEC']._serialized_start=1657
+  _globals['_APIKEYSPEC']._serialized_end=1786
+  _globals['_APIKEYCREATED']._serialized_start=1788
+  _globals['_APIKEYCREATED']._serialized_end=1828
+  _globals['_APIKEYREF']._serialized_start=1830
+  _globals['_APIKEYREF']._serialized_end=1853
+  _globals['_CALLER']._serialized_start=1855
+  _globals['_CALLER']._serialized_end=1943
+  _globals['_EMPTY']._serialized_start=1945
+  _globals['_EMPTY']._serialized_end=1952
+  _globals['_CONTROL']._serialized_start=2246
+  _globals['_CONTROL']._serialized_end=3866
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -13,11 +14,22 @@ class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_STATUS_REGISTERED: _ClassVar[DeviceStatus]
     DEVICE_STATUS_AWAITING_DEREGISTRATION: _ClassVar[DeviceStatus]
     DEVICE_STATUS_DEREGISTERED: _ClassVar[DeviceStatus]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_OPERATOR: _ClassVar[Role]
+    ROLE_ORGANIZATION: _ClassVar[Role]
+    ROLE_SERVICE_CENTRE: _ClassVar[Role]
 DEVICE_STATUS_UNSPECIFIED: DeviceStatus
 DEVICE_STATUS_AWAITING_REGISTRATION: DeviceStatus
 DEVICE_STATUS_REGISTERED: DeviceStatus
 DEVICE_STATUS_AWAITING_DEREGISTRATION: DeviceStatus
 DEVICE_STATUS_DEREGISTERED: DeviceStatus
+ROLE_UNSPECIFIED: Role
+ROLE_OPERATOR: Role
+ROLE_ORGANIZATION: Role
+ROLE_SERVICE_CENTRE: Role
 
 class Organization(_message.Message):
     __slots__ = ("id", "iin", "title", "address", "address_kz", "oked")
@@ -54,7 +66,7 @@ class TradePoint(_message.Message):
     def __init__(self, id: _Optional[int] = ..., organization_id: _Optional[int] = ..., title: _Optional[str] = ..., address: _Optional[str] = ..., address_kz: _Optional[str] = ..., latitude: _Optional[int] = ..., longitude: _Optional[int] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("system_id", "kgd_registration_number", "serial_number", "model", "year", "trade_point_id", "status")
+    __slots__ = ("system_id", "kgd_registration_number", "serial_number", "model", "year", "trade_point_id", "status", "blocked", "block_message", "subscription_active")
     SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
     KGD_REGISTRATION_NUMBER_FIELD_NUMBER: _ClassVar[int]
     SERIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +74,9 @@ class Device(_message.Message):
     YEAR_FIELD_NUMBER: _ClassVar[int]
     TRADE_POINT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     system_id: int
     kgd_registration_number: str
     serial_number: str
@@ -69,7 +84,10 @@ class Device(_message.Message):
     year: int
     trade_point_id: int
     status: DeviceStatus
-    def __init__(self, system_id: _Optional[int] = ..., kgd_registration_number: _Optional[str] = ..., serial_number: _Optional[str] = ..., model: _Optional[str] = ..., year: _Optional[int] = ..., trade_point_id: _Optional[int] = ..., status: _Optional[_Union[DeviceStatus, str]] = ...) -> None: ...
+    blocked: bool
+    block_message: str
+    subscription_active: bool
+    def __init__(self, system_id: _Optional[int] = ..., kgd_registration_number: _Optional[str] = ..., serial_number: _Optional[str] = ..., model: _Optional[str] = ..., year: _Optional[int] = ..., trade_point_id: _Optional[int] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., blocked: _Optional[bool] = ..., block_message: _Optional[str] = ..., subscription_active: _Optional[bool] = ...) -> None: ...
 
 class DeviceRef(_message.Message):
     __slots__ = ("system_id",)
@@ -86,7 +104,7 @@ class TokenIssued(_message.Message):
     def __init__(self, system_id: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
 class DeviceState(_message.Message):
-    __slots__ = ("device", "token", "has_last_request", "last_request_number", "last_command", "shift_number", "shift_open", "last_document_shift", "last_document_number", "documents_accepted", "last_contact_us", "protocol_version")
+    __slots__ = ("device", "token", "has_last_request", "last_request_number", "last_command", "shift_number", "shift_open", "last_document_shift", "last_document_number", "documents_accepted", "last_contact_us", "protocol_version", "shift_opened_at", "offline_since", "offline_until", "software")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     HAS_LAST_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +117,10 @@ class DeviceState(_message.Message):
     DOCUMENTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     LAST_CONTACT_US_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_FIELD_NUMBER: _ClassVar[int]
     device: Device
     token: int
     has_last_request: bool
@@ -111,4 +133,122 @@ class DeviceState(_message.Message):
     documents_accepted: int
     last_contact_us: int
     protocol_version: int
-    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., token: _Optional[int] = ..., has_last_request: _Optional[bool] = ..., last_request_number: _Optional[int] = ..., last_command: _Optional[int] = ..., shift_number: _Optional[int] = ..., shift_open: _Optional[bool] = ..., last_document_shift: _Optional[int] = ..., last_document_number: _Optional[int] = ..., documents_accepted: _Optional[int] = ..., last_contact_us: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    shift_opened_at: str
+    offline_since: str
+    offline_until: str
+    software: str
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., token: _Optional[int] = ..., has_last_request: _Optional[bool] = ..., last_request_number: _Optional[int] = ..., last_command: _Optional[int] = ..., shift_number: _Optional[int] = ..., shift_open: _Optional[bool] = ..., last_document_shift: _Optional[int] = ..., last_document_number: _Optional[int] = ..., documents_accepted: _Optional[int] = ..., last_contact_us: _Optional[int] = ..., protocol_version: _Optional[int] = ..., shift_opened_at: _Optional[str] = ..., offline_since: _Optional[str] = ..., offline_until: _Optional[str] = ..., software: _Optional[str] = ...) -> None: ...
+
+class Reregistration(_message.Message):
+    __slots__ = ("system_id", "trade_point_id")
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    system_id: int
+    trade_point_id: int
+    def __init__(self, system_id: _Optional[int] = ..., trade_point_id: _Optional[int] = ...) -> None: ...
+
+class BlockRequest(_message.Message):
+    __slots__ = ("system_id", "message")
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    system_id: int
+    message: str
+    def __init__(self, system_id: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SubscriptionRequest(_message.Message):
+    __slots__ = ("system_id", "active")
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    system_id: int
+    active: bool
+    def __init__(self, system_id: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class DeviceFilter(_message.Message):
+    __slots__ = ("organization_id", "trade_point_id", "status", "after", "limit")
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    organization_id: int
+    trade_point_id: int
+    status: DeviceStatus
+    after: int
+    limit: int
+    def __init__(self, organization_id: _Optional[int] = ..., trade_point_id: _Optional[int] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DeviceList(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class AuditQuery(_message.Message):
+    __slots__ = ("system_id", "limit")
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    system_id: int
+    limit: int
+    def __init__(self, system_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("at_us", "actor", "action", "system_id", "detail_json")
+    AT_US_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    at_us: int
+    actor: str
+    action: str
+    system_id: int
+    detail_json: str
+    def __init__(self, at_us: _Optional[int] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., system_id: _Optional[int] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class AuditLog(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class ApiKeySpec(_message.Message):
+    __slots__ = ("name", "role", "organization_id", "system_ids", "modules")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    organization_id: int
+    system_ids: _containers.RepeatedScalarFieldContainer[int]
+    modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ..., system_ids: _Optional[_Iterable[int]] = ..., modules: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ApiKeyCreated(_message.Message):
+    __slots__ = ("id", "key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    key: str
+    def __init__(self, id: _Optional[int] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ApiKeyRef(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class Caller(_message.Message):
+    __slots__ = ("name", "role", "organization_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: Role
+    organization_id: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

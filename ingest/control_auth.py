@@ -1,0 +1,193 @@
+"""Who may call the control API, and on what.
+
+Callers present an API key as gRPC metadata `authorization: Bearer <key>`. Only the key's SHA-256
+is stored (api_keys), so a leaked table grants nothing. Three roles:
+
+- operator: the OFD's staff; every method on everything.
+- organization: an organization's users; its own trade points and their devices, and only the
+  modules in ORGANIZATION_MODULES (no blocking, no KGD confirmations, no subscription switches:
+  those are the OFD's acts).
+- service_centre: the devices granted to it, and only the modules listed on its key.
+
+On first start `ofd serve` creates an operator key named "bootstrap" and writes it to
+DATA_DIR/operator.key (mode 0600); the CLI reads `--key`, OFD_CONTROL_KEY or that file.
+"""
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from ledger.registry import RegistryError
+from ledger.state_store import Conn
+
+OPERATOR, ORGANIZATION, SERVICE_CENTRE = "operator", "organization", "service_centre"
+ROLES = (OPERATOR, ORGANIZATION, SERVICE_CENTRE)
+# Modules: groups of control methods a key may be limited to.
+MODULES = frozenset(
+    {"admin", "kgd", "points", "devices", "show", "token", "lifecycle", "block", "subscription",
+     "audit"}
+)  # fmt: skip
+ORGANIZATION_MODULES = frozenset({"points", "devices", "show", "token", "lifecycle", "audit"})
+# Modules that never make sense on a handful of granted devices.
+SERVICE_CENTRE_MODULES = frozenset({"show", "token", "lifecycle", "block", "audit"})
+KEY_FILE = "operator.key"
+KEY_BYTES = 32
+BOOTSTRAP_NAME = "bootstrap"
+# Any constant works; shared by every gateway so that two starting together make one key.
+BOOTSTRAP_LOCK_KEY = 0x0FD0_0002
+MAX_GRANTED_DEVICES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: int
+    name: str
+    role: str
+    organization_id: int | None
+    modules: frozenset[str]
+    system_ids: frozenset[int]
+
+    def may_use(self, module: str) -> bool:
+        if self.role == OPERATOR:
+            return True
+        if self.role == ORGANIZATION:
+            return module in ORGANIZATION_MODULES
+        return module in self.modules and module in SERVICE_CENTRE_MODULES
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "ofd_" + secrets.token_urlsafe(KEY_BYTES)
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The key of an `authorization: Bearer <key>` metadata entry, if there is one."""
+    for name, value in metadata or ():
+        if name.lower() == "authorization" and isinstance(value, str):
+            scheme, _, key = value.partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+    return None
+
+
+async def authenticate(conn: Conn, key: str) -> Caller | None:
+    row = await conn.fetchrow(
+        "SELECT id, name, role, organization_id, modules FROM api_keys"
+        " WHERE key_hash = $1 AND revoked_at IS NULL",
+        hash_key(key),
+    )
+    if row is None:
+        return None
+    devices = await conn.fetch("SELECT system_id FROM api_key_devices WHERE key_id = $1", row["id"])
+    return Caller(
+        row["id"],
+        row["name"],
+        row["role"],
+        row["organization_id"],
+        frozenset(row["modules"]),
+        frozenset(r["system_id"] for r in devices),
+    )
+
+
+async def create_key(
+    conn: Conn,
+    *,
+    name: str,
+    role: str,
+    organization_id: int | None = None,
+    system_ids: frozenset[int] = frozenset(),
+    modules: frozenset[str] = frozenset(),
+) -> tuple[int, str]:
+    """A new key (id, the key itself); the key is not kept anywhere but in the answer."""
+    if role not in ROLES:
+        raise RegistryError("invalid", f"unknown role {role!r}")
+    if role == ORGANIZATION and not organization_id:
+        raise RegistryError("invalid", "an organization key needs its organization")
+    if role != ORGANIZATION and organization_id:
+        raise RegistryError("invalid", "only an organization key names an organization")
+    if role == SERVICE_CENTRE:
+        unknown = modules - SERVICE_CENTRE_MODULES
+        if unknown or not modules or not system_ids:
+            raise RegistryError(
+                "invalid",
+                "a service centre key needs devices and modules among "
+                f"{', '.join(sorted(SERVICE_CENTRE_MODULES))}",
+            )
+        if len(system_ids) > MAX_GRANTED_DEVICES:
+            raise RegistryError("invalid", f"at most {MAX_GRANTED_DEVICES} devices per key")
+    elif system_ids or modules:
+        raise RegistryError("invalid", "only a service centre key lists devices and modules")
+    key = new_key()
+    try:
+        async with conn.transaction():
+            key_id: int = await conn.fetchval(
+                "INSERT INTO api_keys (key_hash, name, role, organization_id, modules)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                hash_key(key),
+                name,
+                role,
+                organization_id,
+                sorted(modules),
+            )
+            if system_ids:
+                await conn.executemany(
+                    "INSERT INTO api_key_devices (key_id, system_id) VALUES ($1, $2)",
+                    [(key_id, s) for s in sorted(system_ids)],
+                )
+    except asyncpg.ForeignKeyViolationError as err:
+        raise RegistryError(
+            "not_found", f"refers to something that does not exist: {err.detail}"
+        ) from err
+    except asyncpg.CheckViolationError as err:
+        raise RegistryError("invalid", f"invalid value ({err.constraint_name})") from err
+    return key_id, key
+
+
+async def ensure_bootstrap_key(conn: Conn, data_dir: Path) -> Path:
+    """Makes sure DATA_DIR/operator.key holds a working operator key; returns its path.
+
+    A key file whose key the database no longer knows (a new database) is replaced. The
+    advisory lock keeps gateways starting together from writing two keys.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", BOOTSTRAP_LOCK_KEY)
+    try:
+        existing = read_key_file(data_dir)
+        if existing is not None:
+            caller = await authenticate(conn, existing)
+            if caller is not None and caller.role == OPERATOR:
+                return data_dir / KEY_FILE
+        _, key = await create_key(conn, name=BOOTSTRAP_NAME, role=OPERATOR)
+        # A few bytes to a local file: not worth a thread, and it runs once at start-up.
+        return write_key_file(data_dir, key)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", BOOTSTRAP_LOCK_KEY)
+
+
+def write_key_file(data_dir: Path, key: str) -> Path:
+    path = data_dir / KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a key
+    return path
+
+
+def read_key_file(data_dir: Path) -> str | None:
+    path = data_dir / KEY_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
