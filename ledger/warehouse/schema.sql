@@ -1,0 +1,312 @@
+-- The warehouse schema: one DDL for chDB (embedded) and a ClickHouse server.
+-- `{db}` is replaced by the database name; statements are separated by lines holding only ';'.
+--
+-- Shape: the loader inserts one row per document into `documents` (the raw frames plus the
+-- decoded receipt, its lines as parallel arrays, and the shift close's two Z reports). Every
+-- other table is filled by a materialized view from that one insert, so a batch is one INSERT
+-- statement and its rows land (or not) together. Exactly once is by document identity
+-- (device_id, document_id): the loader drops rows whose identity the warehouse already holds
+-- before inserting, because materialized views aggregate what is inserted and cannot undo a
+-- duplicate; ReplacingMergeTree on `documents` is only the backstop for the raw rows.
+--
+-- Partitioned by month of the document's own time (a resent document keeps its time, so both
+-- copies fall into one partition); ordered by device and time for per-device, per-period reads.
+-- Money is in tiyn (Int64). Times are the device's wall clock, stored as DateTime('UTC').
+
+CREATE DATABASE IF NOT EXISTS {db}
+;
+CREATE TABLE IF NOT EXISTS {db}.documents
+(
+    device_id UInt32,
+    document_id String,
+    command UInt8,
+    protocol_version UInt16,
+    gateway_id LowCardinality(String),
+    received_at DateTime64(6, 'UTC'),
+    loaded_at DateTime64(6, 'UTC'),
+    document_time DateTime('UTC'),
+    shift_number UInt32,
+    request_number UInt32,
+    fiscal_sign String,
+    offline UInt8,
+    printed_number UInt64,
+    offline_number UInt32,
+    operation Int8,
+    total Int64,
+    revenue Int64,
+    item_type Array(UInt8),
+    item_name Array(String),
+    item_section Array(String),
+    item_quantity Array(UInt64),
+    item_price Array(Int64),
+    item_sum Array(Int64),
+    payment_type Array(UInt8),
+    payment_sum Array(Int64),
+    tax_type Array(UInt16),
+    tax_percent Array(UInt32),
+    tax_turnover Array(Int64),
+    tax_sum Array(Int64),
+    report_type Int8,
+    withdraw_money UInt8,
+    device_report String,
+    ofd_report String,
+    differences Array(String),
+    placement_kind Int8,
+    placement_sum Int64,
+    request_frame String,
+    response_frame String
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE TABLE IF NOT EXISTS {db}.receipts
+(
+    device_id UInt32,
+    document_id String,
+    document_time DateTime('UTC'),
+    shift_number UInt32,
+    operation Int8,
+    total Int64,
+    revenue Int64,
+    offline UInt8,
+    fiscal_sign String,
+    printed_number UInt64,
+    offline_number UInt32,
+    received_at DateTime64(6, 'UTC')
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.receipts_mv TO {db}.receipts AS
+SELECT device_id, document_id, document_time, shift_number, operation, total, revenue, offline,
+       fiscal_sign, printed_number, offline_number, received_at
+FROM {db}.documents WHERE command = 1
+;
+CREATE TABLE IF NOT EXISTS {db}.receipt_items
+(
+    device_id UInt32,
+    document_id String,
+    document_time DateTime('UTC'),
+    line UInt32,
+    item_type UInt8,
+    name String,
+    section String,
+    quantity UInt64,
+    price Int64,
+    sum Int64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id, line)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.receipt_items_mv TO {db}.receipt_items AS
+SELECT device_id, document_id, document_time, line, item_type, name, section, quantity, price, sum
+FROM {db}.documents
+ARRAY JOIN arrayEnumerate(item_type) AS line, item_type AS item_type, item_name AS name,
+           item_section AS section, item_quantity AS quantity, item_price AS price,
+           item_sum AS sum
+WHERE command = 1
+;
+CREATE TABLE IF NOT EXISTS {db}.receipt_payments
+(
+    device_id UInt32,
+    document_id String,
+    document_time DateTime('UTC'),
+    payment_type UInt8,
+    sum Int64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id, payment_type)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.receipt_payments_mv TO {db}.receipt_payments AS
+SELECT device_id, document_id, document_time, payment_type, sum
+FROM {db}.documents ARRAY JOIN payment_type AS payment_type, payment_sum AS sum
+WHERE command = 1
+;
+CREATE TABLE IF NOT EXISTS {db}.receipt_taxes
+(
+    device_id UInt32,
+    document_id String,
+    document_time DateTime('UTC'),
+    operation Int8,
+    tax_type UInt16,
+    percent UInt32,
+    turnover Int64,
+    tax Int64
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id, tax_type, percent)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.receipt_taxes_mv TO {db}.receipt_taxes AS
+SELECT device_id, document_id, document_time, operation, tax_type, percent, turnover, tax
+FROM {db}.documents
+ARRAY JOIN tax_type AS tax_type, tax_percent AS percent, tax_turnover AS turnover,
+           tax_sum AS tax
+WHERE command = 1
+;
+-- Shift closes with the device's and the OFD's Z reports side by side (flattened to JSON
+-- objects of named numbers) and the reconciliation: the named differences, empty when agreed.
+CREATE TABLE IF NOT EXISTS {db}.shifts
+(
+    device_id UInt32,
+    shift_number UInt32,
+    document_id String,
+    close_time DateTime('UTC'),
+    offline UInt8,
+    withdraw_money UInt8,
+    device_z String,
+    ofd_z String,
+    differences Array(String),
+    reconciled UInt8
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(close_time)
+ORDER BY (device_id, close_time, shift_number)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.shifts_mv TO {db}.shifts AS
+SELECT device_id, shift_number, document_id, document_time AS close_time, offline,
+       withdraw_money, device_report AS device_z, ofd_report AS ofd_z, differences,
+       toUInt8(empty(differences)) AS reconciled
+FROM {db}.documents WHERE command = 2
+;
+-- X and Z reports a device asked for (REPORT), with the OFD's answer.
+CREATE TABLE IF NOT EXISTS {db}.reports
+(
+    device_id UInt32,
+    document_id String,
+    report_time DateTime('UTC'),
+    shift_number UInt32,
+    report_type Int8,
+    device_report String,
+    ofd_report String
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(report_time)
+ORDER BY (device_id, report_time, document_id)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.reports_mv TO {db}.reports AS
+SELECT device_id, document_id, document_time AS report_time, shift_number, report_type,
+       device_report, ofd_report
+FROM {db}.documents WHERE command = 3
+;
+CREATE TABLE IF NOT EXISTS {db}.money_placements
+(
+    device_id UInt32,
+    document_id String,
+    document_time DateTime('UTC'),
+    shift_number UInt32,
+    kind Int8,
+    sum Int64,
+    offline UInt8
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(document_time)
+ORDER BY (device_id, document_time, document_id)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.money_placements_mv TO {db}.money_placements AS
+SELECT device_id, document_id, document_time, shift_number, placement_kind AS kind,
+       placement_sum AS sum, offline
+FROM {db}.documents WHERE command = 6
+;
+-- Daily revenue and the offline share per device; read with sum() (rows merge lazily).
+CREATE TABLE IF NOT EXISTS {db}.daily_device
+(
+    day Date,
+    device_id UInt32,
+    receipts UInt64,
+    offline_receipts UInt64,
+    revenue Int64,
+    sales Int64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (device_id, day)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_device_mv TO {db}.daily_device AS
+SELECT toDate(document_time) AS day, device_id, count() AS receipts,
+       countIf(offline = 1) AS offline_receipts, sum(revenue) AS revenue,
+       sumIf(total, operation = 2) AS sales
+FROM {db}.documents WHERE command = 1 GROUP BY day, device_id
+;
+-- VAT (and other tax) totals per day, tax and percent; turnover and tax signed by direction.
+CREATE TABLE IF NOT EXISTS {db}.daily_tax
+(
+    day Date,
+    device_id UInt32,
+    tax_type UInt16,
+    percent UInt32,
+    turnover Int64,
+    tax Int64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (day, device_id, tax_type, percent)
+SETTINGS non_replicated_deduplication_window = 1000
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_tax_mv TO {db}.daily_tax AS
+SELECT toDate(document_time) AS day, device_id, tax_type, percent,
+       sum(turnover * multiIf(operation IN (1, 2), 1, -1)) AS turnover,
+       sum(tax * multiIf(operation IN (1, 2), 1, -1)) AS tax
+FROM {db}.receipt_taxes GROUP BY day, device_id, tax_type, percent
+;
+-- Which trade point each device stands in; filled from the registry by whoever knows it.
+CREATE TABLE IF NOT EXISTS {db}.devices
+(
+    device_id UInt32,
+    trade_point String,
+    updated_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY device_id
+;
+CREATE VIEW IF NOT EXISTS {db}.daily_trade_point AS
+SELECT d.day AS day, if(p.trade_point = '', 'unknown', p.trade_point) AS trade_point,
+       sum(d.receipts) AS receipts, sum(d.offline_receipts) AS offline_receipts,
+       sum(d.revenue) AS revenue
+FROM {db}.daily_device AS d
+LEFT JOIN (SELECT device_id, argMax(trade_point, updated_at) AS trade_point
+           FROM {db}.devices GROUP BY device_id) AS p ON p.device_id = d.device_id
+GROUP BY day, trade_point
+;
+CREATE VIEW IF NOT EXISTS {db}.offline_share AS
+SELECT day, device_id, sum(d.receipts) AS receipts, sum(d.offline_receipts) AS offline_receipts,
+       if(sum(d.receipts) = 0, 0, sum(d.offline_receipts) / sum(d.receipts)) AS share
+FROM {db}.daily_device AS d GROUP BY day, device_id
+;
+-- Where each loader source (a local journal, a Kafka partition) has loaded up to; written only
+-- after the batch before it was inserted. The latest row per source wins.
+CREATE TABLE IF NOT EXISTS {db}.loader_positions
+(
+    source String,
+    position UInt64,
+    committed_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(committed_at)
+ORDER BY source
+;
+-- The batch a loader is about to insert, written before the insert: after a crash the loader
+-- replays exactly that batch with the same token and load time, so that a materialized view the
+-- crash cut off gets its rows and every table that has them drops the repeat.
+CREATE TABLE IF NOT EXISTS {db}.loader_intents
+(
+    source String,
+    start UInt64,
+    end UInt64,
+    loaded_at_us Int64,
+    committed_at DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(committed_at)
+ORDER BY source
