@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.layers
 	$(BIN)/python -m benchmarks.cost_model
+	$(BIN)/python -m benchmarks.warehouse
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results

@@ -13,9 +13,10 @@ from ofdproto.control.v1 import control_pb2 as pb
 BENCH_IIN = "180240012342"
 
 
-def register_devices(control: str, count: int) -> tuple[DeviceKey, ...]:
-    """`count` registered devices with their first tokens; blocking (gRPC)."""
-    client = ControlClient(control)
+def register_devices(control: str, count: int, key: str | None = None) -> tuple[DeviceKey, ...]:
+    """`count` registered devices with their first tokens; blocking (gRPC). `key` (else
+    OFD_CONTROL_KEY) authenticates the calls."""
+    client = ControlClient(control, key)
     try:
         org = client.call(
             "AddOrganization",

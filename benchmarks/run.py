@@ -139,7 +139,7 @@ def _gateway(mode: Mode, bench: BenchConfig, pool: RequestPool, run_dir: Path) -
     data_dir = run_dir / f"g-{mode}"
     server = start_gateway(data_dir, port, control_port, secrets.token_hex(32))
     try:
-        keys = register_devices(f"{HOST}:{control_port}", bench.devices)
+        keys = register_devices(f"{HOST}:{control_port}", bench.devices, server.control_key)
         return _measure("gateway", server, keys=keys, pool=pool, mode=mode, bench=bench)
     finally:
         stop(server)

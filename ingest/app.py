@@ -14,10 +14,12 @@ import grpc.aio
 from ingest import grpc_ingest
 from ingest.control import SERVICE as CONTROL_SERVICE
 from ingest.control import ControlService
+from ingest.control_auth import ensure_bootstrap_key
 from ingest.grpc_ingest import GrpcIngest
 from ingest.journals import open_journal
 from ingest.logs import configure_logging
 from ingest.metrics import GatewayMetrics
+from ingest.notifications import MqttSettings, Notifier, scan_forever
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
@@ -40,6 +42,7 @@ class RunningGateway:
     metrics: GatewayMetrics
     metrics_port: int | None = None  # None: /metrics not served
     grpc_port: int | None = None  # None: no gRPC device ingest
+    notifier: Notifier | None = None  # None: no MQTT notifications
 
 
 class GrpcServer:
@@ -83,6 +86,8 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+            if settings.control_auth:
+                await ensure_bootstrap_key(conn, settings.data_dir)
         journal = open_journal(settings)
         metrics = GatewayMetrics(settings.gateway_id)
         committer = GroupCommitter(pool, metrics.counting(journal), settings.commit)
@@ -92,6 +97,14 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             committer,
             PipelineSettings(settings.gateway_id, settings.fiscal, settings.commit.db_timeout),
         )
+        notifier = (
+            None
+            if settings.mqtt_url is None
+            else Notifier(MqttSettings.from_url(settings.mqtt_url, settings.gateway_id))
+        )
+        if notifier is not None:
+            pipeline.on_event = notifier.publish
+            metrics.watch_notifier(notifier.stats)
         tcp = TcpServer(settings.server, metrics.timed(pipeline.handle, "tcp"))
         metrics.watch_tcp(tcp.stats)
         ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
@@ -100,7 +113,9 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         # it) and device ingest beside the TCP port.
         control = GrpcServer(
             f"{settings.control_host}:{settings.control_port}",
-            ControlService(pool, pipeline.forget).generic_handler(),
+            ControlService(
+                pool, pipeline.forget, require_auth=settings.control_auth, notify=pipeline.on_event
+            ).generic_handler(),
             CONTROL_SERVICE,
         )
         grpc_ingest_server = (
@@ -117,6 +132,20 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         grpc_servers = [control] if grpc_ingest_server is None else [control, grpc_ingest_server]
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")
+            background = []
+            if notifier is not None:
+                background = [
+                    tasks.create_task(notifier.run(), name="mqtt-notifier"),
+                    tasks.create_task(
+                        scan_forever(
+                            pool,
+                            notifier.publish,
+                            settings.offline_alert_seconds,
+                            settings.alert_scan_seconds,
+                        ),
+                        name="alert-scan",
+                    ),
+                ]
             for server in grpc_servers:
                 await server.start()
             await tcp.start()
@@ -133,6 +162,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                     metrics,
                     metrics_port,
                     None if grpc_ingest_server is None else grpc_ingest_server.port,
+                    notifier,
                 )
             finally:
                 for server in grpc_servers:
@@ -144,6 +174,8 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                 await ingest.drain(DRAIN_SECONDS)
                 await metrics.stop_http()
                 commit_task.cancel()
+                for task in background:
+                    task.cancel()
         await journal.close()
     finally:
         await pool.close()

@@ -7,8 +7,23 @@ ofd point add --org 1 --title ...           add a trade point
 ofd kkm add --point 1 --kgd ... --serial ... --model ... --year 2024
 ofd kkm activate SYSTEM_ID                  mark registered at KGD
 ofd kkm token SYSTEM_ID                     issue a new token
+ofd kkm get-token SYSTEM_ID                 the current token (audited)
 ofd kkm show SYSTEM_ID [--json]             a device's registration and exchange state
+ofd kkm deregister-request|deregister-cancel|deregister SYSTEM_ID   the lifecycle
+ofd kkm reregister SYSTEM_ID --point P      re-registration, at another trade point
+ofd kkm block SYSTEM_ID --message TEXT      BLOCKED (15) with TEXT shown on the device
+ofd kkm unblock SYSTEM_ID
+ofd kkm subscription SYSTEM_ID on|off       off: DISCONNECTED (19) in 2.0.4
+ofd kkm list [--org O] [--point P] [--status S]   devices in the caller's scope
+ofd kkm audit [SYSTEM_ID]                   who did what, when
+ofd point update --id P --title ... [--lat --lon]   coordinates change at most once a day
+ofd key add --name N --role R [--org O] [--device ID ...] [--module M ...]
+ofd key revoke ID                           the key stops working at once
+ofd whoami                                  the caller the key stands for
+  Control calls present --key, else OFD_CONTROL_KEY, else the file --key-file
+  (default DATA_DIR/operator.key, written by `ofd serve` on first start).
 ofd journal show [--data-dir D]             what the local journal holds
+ofd load | query "SQL" | report ...        the warehouse (see ingest/query_cli.py)
 """
 
 import argparse
@@ -25,8 +40,9 @@ from google.protobuf.json_format import MessageToDict
 
 from ingest.app import serve
 from ingest.commands import FiscalSettings
-from ingest.control import ControlClient
+from ingest.control import ControlClient, find_key
 from ingest.metrics import DEFAULT_METRICS_PORT
+from ingest.query_cli import add_warehouse_commands
 from ingest.settings import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_DATA_DIR,
@@ -65,6 +81,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port or None,
         grpc_port=args.grpc_port or None,
         kafka=_kafka_from(args),
+        mqtt_url=args.mqtt_url or None,
+        offline_alert_seconds=args.offline_alert_seconds,
     )
 
 
@@ -107,8 +125,15 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]
             yield f"{prefix}{key}", value
 
 
+def _read_key_file(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _control_call(args: argparse.Namespace, method: str, request: Any) -> int:
-    client = ControlClient(args.control)
+    client = ControlClient(args.control, find_key(args.key) or _read_key_file(args.key_file))
     try:
         response = client.call(method, request)
     except grpc.RpcError as err:
@@ -117,6 +142,12 @@ def _control_call(args: argparse.Namespace, method: str, request: Any) -> int:
             print(
                 f"error: control API at {args.control} is unreachable"
                 f" (is `ofd serve` running?): {err.details()}",
+                file=sys.stderr,
+            )
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            print(
+                f"error: unauthenticated: {err.details()} (pass --key, set OFD_CONTROL_KEY, or"
+                f" point --key-file at the gateway's DATA_DIR/operator.key; tried {args.key_file})",
                 file=sys.stderr,
             )
         else:
@@ -192,6 +223,17 @@ def _add_serve(sub: Any) -> None:
         "--secret-hex",
         default=_env("OFD_SECRET_HEX", ""),
         help="server secret for fiscal signs and tokens; default: kept in DATA_DIR/secret",
+    )
+    serve.add_argument(
+        "--mqtt-url",
+        default=_env("OFD_MQTT_URL", ""),
+        help="publish notifications to this broker, mqtt://host:1883 (default: none)",
+    )
+    serve.add_argument(
+        "--offline-alert-seconds",
+        type=float,
+        default=float(_env("OFD_OFFLINE_ALERT_SECONDS", str(6 * 3600))),
+        help="notify when a device is silent this long (with --mqtt-url)",
     )
     serve.set_defaults(run=_run_serve)
 
@@ -270,12 +312,16 @@ def _add_control(sub: Any) -> None:
     for name, help_text, method in (
         ("activate", "mark registered at KGD", "ActivateDevice"),
         ("token", "issue a new token", "IssueToken"),
+        ("get-token", "the current token (audited)", "GetToken"),
         ("show", "show registration and exchange state", "ShowDevice"),
     ):
         p = _control_command(
             kkm, name, help_text, method, lambda a: pb.DeviceRef(system_id=a.system_id)
         )
         p.add_argument("system_id", type=int)
+
+    _add_lifecycle(kkm, point)
+    _add_access(sub)
 
     journal = sub.add_parser("journal", help="the local journal").add_subparsers(
         dest="action", required=True
@@ -285,6 +331,136 @@ def _add_control(sub: Any) -> None:
     p.set_defaults(run=_run_journal_show)
 
 
+STATUS_CHOICES = {
+    "awaiting_registration": pb.DEVICE_STATUS_AWAITING_REGISTRATION,
+    "registered": pb.DEVICE_STATUS_REGISTERED,
+    "awaiting_deregistration": pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
+    "deregistered": pb.DEVICE_STATUS_DEREGISTERED,
+}
+ROLE_CHOICES = {
+    "operator": pb.ROLE_OPERATOR,
+    "organization": pb.ROLE_ORGANIZATION,
+    "service_centre": pb.ROLE_SERVICE_CENTRE,
+}
+
+
+def _add_lifecycle(kkm: Any, point: Any) -> None:
+    """Lifecycle, block, subscription and the queries (issue 6)."""
+    for name, help_text, method in (
+        ("deregister-request", "ask KGD to deregister", "RequestDeregistration"),
+        ("deregister-cancel", "withdraw the deregistration request", "CancelDeregistration"),
+        ("deregister", "mark deregistered at KGD", "Deregister"),
+        ("unblock", "lift a block", "UnblockDevice"),
+    ):
+        p = _control_command(
+            kkm, name, help_text, method, lambda a: pb.DeviceRef(system_id=a.system_id)
+        )
+        p.add_argument("system_id", type=int)
+    p = _control_command(
+        kkm,
+        "reregister",
+        "re-register (awaiting registration again), optionally at another trade point",
+        "Reregister",
+        lambda a: pb.Reregistration(system_id=a.system_id, trade_point_id=a.point),
+    )
+    p.add_argument("system_id", type=int)
+    p.add_argument("--point", type=int, default=0, help="the new trade point; 0 keeps it")
+    p = _control_command(
+        kkm,
+        "block",
+        "block: the device gets BLOCKED (15) and shows the message",
+        "BlockDevice",
+        lambda a: pb.BlockRequest(system_id=a.system_id, message=a.message),
+    )
+    p.add_argument("system_id", type=int)
+    p.add_argument("--message", required=True, help="what the device shows (<= 500 chars)")
+    p = _control_command(
+        kkm,
+        "subscription",
+        "switch the subscription on or off",
+        "SetSubscription",
+        lambda a: pb.SubscriptionRequest(system_id=a.system_id, active=a.state == "on"),
+    )
+    p.add_argument("system_id", type=int)
+    p.add_argument("state", choices=("on", "off"))
+    p = _control_command(
+        kkm,
+        "list",
+        "devices by organization, trade point or status",
+        "ListDevices",
+        lambda a: pb.DeviceFilter(
+            organization_id=a.org,
+            trade_point_id=a.point,
+            status=STATUS_CHOICES.get(a.status, pb.DEVICE_STATUS_UNSPECIFIED),
+            after=a.after,
+            limit=a.limit,
+        ),
+    )
+    p.add_argument("--org", type=int, default=0)
+    p.add_argument("--point", type=int, default=0)
+    p.add_argument("--status", choices=sorted(STATUS_CHOICES), default="")
+    p.add_argument("--after", type=int, default=0, help="paging: system ids above this")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (<= 1000)")
+    p = _control_command(
+        kkm,
+        "audit",
+        "the control audit log, newest first",
+        "ListAudit",
+        lambda a: pb.AuditQuery(system_id=a.system_id, limit=a.limit),
+    )
+    p.add_argument("system_id", type=int, nargs="?", default=0)
+    p.add_argument("--limit", type=int, default=0)
+    p = _control_command(
+        point,
+        "update",
+        "change a trade point (all fields; coordinates at most once a day)",
+        "UpdateTradePoint",
+        lambda a: pb.TradePoint(
+            id=a.id,
+            title=a.title,
+            address=a.address,
+            address_kz=a.address_kz,
+            latitude=a.lat,
+            longitude=a.lon,
+        ),
+    )
+    p.add_argument("--id", type=int, required=True, help="trade point id")
+    p.add_argument("--title", required=True)
+    p.add_argument("--address", default="")
+    p.add_argument("--address-kz", default="")
+    p.add_argument("--lat", type=int, default=0, help="latitude x 1,000,000")
+    p.add_argument("--lon", type=int, default=0, help="longitude x 1,000,000")
+
+
+def _add_access(sub: Any) -> None:
+    key = sub.add_parser("key", help="control API keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = _control_command(
+        key,
+        "add",
+        "create a caller key (printed once)",
+        "CreateApiKey",
+        lambda a: pb.ApiKeySpec(
+            name=a.name,
+            role=ROLE_CHOICES[a.role],
+            organization_id=a.org,
+            system_ids=a.device,
+            modules=a.module,
+        ),
+    )
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=sorted(ROLE_CHOICES), required=True)
+    p.add_argument("--org", type=int, default=0, help="organization (role organization)")
+    p.add_argument("--device", type=int, action="append", default=[], help="service centre")
+    p.add_argument("--module", action="append", default=[], help="service centre")
+    p = _control_command(
+        key, "revoke", "revoke a key", "RevokeApiKey", lambda a: pb.ApiKeyRef(id=a.id)
+    )
+    p.add_argument("id", type=int)
+    _control_command(sub, "whoami", "the caller the key stands for", "WhoAmI", lambda _: pb.Empty())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ofd", description="OFD Gateway")
     parser.add_argument(
@@ -292,9 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("OFD_CONTROL", f"127.0.0.1:{DEFAULT_CONTROL_PORT}"),
         help="control API address (host:port)",
     )
+    parser.add_argument("--key", default="", help="control API key (else OFD_CONTROL_KEY)")
+    parser.add_argument(
+        "--key-file",
+        default=str(Path(_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR))) / "operator.key"),
+        help="read the key from this file when neither --key nor OFD_CONTROL_KEY is set",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_control(sub)
+    add_warehouse_commands(sub)
     return parser
 
 

@@ -7,6 +7,12 @@ Documents (TICKET, MONEY_PLACEMENT, CLOSE_SHIFT) go through the shift rules (`le
 and into the OFD's tally (`ledger.tally`); CLOSE_SHIFT answers with the OFD's Z report and
 stores both reports; REPORT and INFO answer from the tally. The new tally is encoded here, so a
 tally that outgrew its storage is one refused request, never a failed batch.
+
+Offline documents (`ledger.offline`) widen the device's open offline window and the first online
+one closes it; an offline receipt whose number is already held is the same document again
+(answered as before, counted once) or, with other content, refused. NOMENCLATURE, AUTH,
+QR_GENERATE and QR_GET_STATUS answer from what `ingest.prepare` read for them
+(`RequestContext.prepared`), and like SYSTEM, REPORT and INFO never rotate the token.
 """
 
 import struct
@@ -19,6 +25,11 @@ from typing import Any
 from ledger.device_state import DeviceState, ShiftReport
 from ledger.errors import Refusal
 from ledger.fiscal import DocumentIdentity, fiscal_sign, qr_url, ticket_identity
+from ledger.nomenclature import NOT_FOUND_BY_BARCODE, CatalogueAnswer
+from ledger.nomenclature import fill as fill_catalogue
+from ledger.offline import CLOSE, OfflineTicket, OfflineWrite, digest_of, widen
+from ledger.operators import Operator
+from ledger.qr_payments import QrPayment
 from ledger.results import Command, ResultCode
 from ledger.shifts import enter_shift
 from ledger.tally import WITHDRAWAL, Tally, add_placement, add_receipt, close_shift
@@ -27,6 +38,7 @@ from ledger.ticket_checks import refuse, summarize_ticket, tiyn
 from ledger.zx_report import REPORT_X, REPORT_Z, compare, read_date_time, render
 
 KZ_TIME = timezone(timedelta(hours=5), "UTC+05")
+AUTH_OK, AUTH_INVALID_LOGIN_PASSWORD = 0, 1  # AuthResponse.ResultTypeEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,9 @@ class RequestContext:
     token: int
     request_number: int
     fiscal: FiscalSettings
+    # What the pipeline read for this request before the handler (handlers do no I/O): the
+    # stored offline receipt of the same number, the catalogue, the operator, the payment QR.
+    prepared: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,7 @@ class Document:
     fiscal_sign: str
     shift_number: int
     document_number: int
+    offline: bool = False  # made offline: journaled as such
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +81,7 @@ class Outcome:
     tally: Tally | None = None  # the device's new tally; None: unchanged
     tally_blob: bytes | None = None  # its stored form (set with `tally`)
     shift_report: ShiftReport | None = None  # a shift this request closed
+    offline_write: OfflineWrite | None = None  # what it changes in the offline record
 
 
 def _ok(ctx: RequestContext, command: int) -> Any:
@@ -103,10 +120,21 @@ def _fill_reg_info(ctx: RequestContext, state: DeviceState, reg_info: Any) -> No
 
 def handle_system(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
     response = _ok(ctx, Command.SYSTEM)
+    service = request.service
     # 2.0.4 makes reg_info a required part of every service answer; 2.0.3 sends it on request.
-    if ctx.version == 204 or request.service.get_reg_info:
+    if ctx.version == 204 or service.get_reg_info:
         _fill_reg_info(ctx, state, response.service.reg_info)
-    return Outcome(response, rotates_token=False)
+    offline: OfflineWrite | None = None
+    if service.HasField("offline_period"):
+        period = service.offline_period
+        begin = _moment(period.begin_time, "service.offline_period.begin_time")
+        end = _moment(period.end_time, "service.offline_period.end_time")
+        if end < begin:
+            raise refuse("service.offline_period.end_time: before its begin_time")
+        offline = OfflineWrite(since=begin, until=end, reported=True)
+    elif state.offline_since is not None:
+        offline = CLOSE  # talking to us without a period: online again
+    return Outcome(response, rotates_token=False, offline_write=offline)
 
 
 def handle_info(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
@@ -193,6 +221,13 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     receipt = summarize_ticket(ticket)
     total = receipt.total
     when = _ticket_time(ticket)
+    offline_number: int = ticket.offline_ticket_number
+    digest = b""
+    if offline_number:
+        digest = digest_of(ticket)
+        seen: OfflineTicket | None = ctx.prepared
+        if seen is not None:
+            return _offline_again(ctx, state, seen, digest, total=total, when=when)
     tally, closed = enter_shift(
         state.tally, ticket.fr_shift_number, when, offline=receipt.offline, field="fr_shift_number"
     )
@@ -218,7 +253,17 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     response.ticket.qr_code = qr_url(
         ctx.fiscal.qr_base_url, sign, state.reg.kgd_registration_number, total, when
     ).encode()
-    document = Document(str(identity), sign, tally.shift_number, ticket.printed_document_number)
+    document = Document(
+        str(identity), sign, tally.shift_number, ticket.printed_document_number, receipt.offline
+    )
+    offline: OfflineWrite | None = None
+    if offline_number:
+        stored = OfflineTicket(
+            offline_number, document.document_id, sign, digest, tally.shift_number, when
+        )
+        offline = OfflineWrite(ticket=stored, since=when, until=when)
+    elif state.offline_since is not None:
+        offline = CLOSE
     return Outcome(
         response,
         rotates_token=True,
@@ -226,14 +271,48 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
         tally=tally,
         tally_blob=blob,
         shift_report=None if closed is None else _implicit_close(ctx, closed, when),
+        offline_write=offline,
     )
 
 
+def _offline_again(
+    ctx: RequestContext,
+    state: DeviceState,
+    seen: OfflineTicket,
+    digest: bytes,
+    *,
+    total: int,
+    when: datetime,
+) -> Outcome:
+    """An offline number already held: the identical receipt is the same document (its
+    ticket number again, nothing counted twice); another document under it is refused."""
+    if seen.digest != digest:
+        raise refuse(
+            f"offline_ticket_number: {seen.offline_number} already numbers another receipt"
+            f" of this device (ticket number {seen.fiscal_sign}, made {seen.made_at.isoformat()})"
+        )
+    response = _ok(ctx, Command.TICKET)
+    response.ticket.ticket_number = seen.fiscal_sign
+    response.ticket.qr_code = qr_url(
+        ctx.fiscal.qr_base_url, seen.fiscal_sign, state.reg.kgd_registration_number, total, when
+    ).encode()
+    return Outcome(response, rotates_token=True)
+
+
+def _offline_change(state: DeviceState, offline: bool, when: datetime) -> OfflineWrite | None:
+    """An offline document widens the open window; the first online one closes it."""
+    if offline:
+        return widen(when)
+    return None if state.offline_since is None else CLOSE
+
+
 def _document(
-    ctx: RequestContext, state: DeviceState, key: str, shift_number: int, number: int
+    ctx: RequestContext, state: DeviceState, key: str, where: tuple[int, int], *, offline: bool
 ) -> Document:
+    """`where`: (shift number, printed document number)."""
     identity = DocumentIdentity(state.system_id, key)
-    return Document(str(identity), fiscal_sign(ctx.fiscal.secret, identity), shift_number, number)
+    sign = fiscal_sign(ctx.fiscal.secret, identity)
+    return Document(str(identity), sign, *where, offline=offline)
 
 
 def handle_money_placement(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
@@ -269,10 +348,11 @@ def handle_money_placement(ctx: RequestContext, state: DeviceState, request: Any
     return Outcome(
         _ok(ctx, Command.MONEY_PLACEMENT),
         rotates_token=True,
-        document=_document(ctx, state, key, shift, number),
+        document=_document(ctx, state, key, (shift, number), offline=offline),
         tally=tally,
         tally_blob=blob,
         shift_report=None if closed is None else _implicit_close(ctx, closed, when),
+        offline_write=_offline_change(state, offline, when),
     )
 
 
@@ -305,10 +385,17 @@ def handle_close_shift(ctx: RequestContext, state: DeviceState, request: Any) ->
     return Outcome(
         response,
         rotates_token=True,
-        document=_document(ctx, state, f"z{shift}", shift, close.printed_document_number),
+        document=_document(
+            ctx,
+            state,
+            f"z{shift}",
+            (shift, close.printed_document_number),
+            offline=close.is_offline,
+        ),
         tally=following,
         tally_blob=_encode(following),
         shift_report=report,
+        offline_write=_offline_change(state, close.is_offline, close_time),
     )
 
 
@@ -326,6 +413,47 @@ def handle_report(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     return Outcome(response, rotates_token=False)
 
 
+def handle_nomenclature(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
+    """The catalogue as `ingest.prepare` read it (ledger/nomenclature.py says the results)."""
+    del state, request
+    answer: CatalogueAnswer = ctx.prepared
+    response = _ok(ctx, Command.NOMENCLATURE)
+    fill_catalogue(response.nomenclature, answer)
+    if answer.result == NOT_FOUND_BY_BARCODE and ctx.version == 203:
+        response.result.result_code = ResultCode.CODE_18  # ELEMENT_NOT_FOUND_BY_BARCODE in 2.0.3
+        response.result.result_text = "no item with this barcode"
+    return Outcome(response, rotates_token=False)
+
+
+def handle_auth(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
+    """The operator the login and password are (ledger/operators.py), or code 12."""
+    del state, request
+    operator: Operator | None = ctx.prepared
+    response = _ok(ctx, Command.AUTH)
+    auth = response.auth
+    if operator is None:
+        auth.result = AUTH_INVALID_LOGIN_PASSWORD
+        response.result.result_code = ResultCode.INVALID_LOGIN_PASSWORD
+        response.result.result_text = "invalid login or password"
+    else:
+        auth.result = AUTH_OK
+        auth.operator_code = operator.code
+        if operator.name:
+            auth.operator_name = operator.name
+        auth.roles.extend(operator.roles)
+    return Outcome(response, rotates_token=False)
+
+
+def handle_qr(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
+    """QR_GENERATE and QR_GET_STATUS (2.0.4): the payment as `ingest.prepare` stored or read it."""
+    del state
+    payment: QrPayment = ctx.prepared
+    response = _ok(ctx, request.command)
+    response.qr.qr_code = payment.qr_code
+    response.qr.status = payment.status
+    return Outcome(response, rotates_token=False)
+
+
 Handler = Callable[[RequestContext, DeviceState, Any], Outcome]
 
 HANDLERS: dict[int, Handler] = {
@@ -335,6 +463,11 @@ HANDLERS: dict[int, Handler] = {
     Command.REPORT: handle_report,
     Command.INFO: handle_info,
     Command.MONEY_PLACEMENT: handle_money_placement,
+    Command.NOMENCLATURE: handle_nomenclature,
+    Command.AUTH: handle_auth,
+    # Only 2.0.4 defines them: a 2.0.3 body naming them does not parse (UNKNOWN_COMMAND).
+    Command.QR_GENERATE: handle_qr,
+    Command.QR_GET_STATUS: handle_qr,
 }
 
 

@@ -1,32 +1,66 @@
 """The control API over gRPC (service ofdproto.control.v1.Control) and its client.
 
 One table of methods serves both sides: the server registers a handler per entry and the client
-calls by the same names, so a method can never be renamed on one side only.
+calls by the same names, so a method can never be renamed on one side only. The table also
+names each method's module, which ingest/control_auth.py's roles are granted by.
+
+Every change is written to the audit log (control_audit) with the caller's key name, in the
+transaction that makes it; lifecycle, token and block changes also go out as notifications.
 """
 
+import os
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import grpc.aio
 
+from ingest.control_auth import (
+    OPERATOR,
+    ORGANIZATION,
+    ROLES,
+    SERVICE_CENTRE,
+    Caller,
+    authenticate,
+    bearer,
+    create_key,
+    read_key_file,
+)
+from ingest.notifications import Notify, no_notify
 from ledger import registry
 from ledger.registry import RegistryError
-from ledger.state_store import load_state
+from ledger.state_store import Conn, load_state
 from ofdproto.control.v1 import control_pb2 as pb
 
 SERVICE = "ofdproto.control.v1.Control"
 CALL_TIMEOUT = 10.0  # seconds a CLI call may take
+KEY_ENV = "OFD_CONTROL_KEY"
 
-# name -> (request type, response type)
-METHODS: dict[str, tuple[Any, Any]] = {
-    "AddOrganization": (pb.Organization, pb.Organization),
-    "AddTradePoint": (pb.TradePoint, pb.TradePoint),
-    "AddDevice": (pb.Device, pb.Device),
-    "ActivateDevice": (pb.DeviceRef, pb.Device),
-    "IssueToken": (pb.DeviceRef, pb.TokenIssued),
-    "ShowDevice": (pb.DeviceRef, pb.DeviceState),
+# name -> (request type, response type, module)
+METHODS: dict[str, tuple[Any, Any, str]] = {
+    "AddOrganization": (pb.Organization, pb.Organization, "admin"),
+    "AddTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
+    "UpdateTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
+    "AddDevice": (pb.Device, pb.Device, "devices"),
+    "ActivateDevice": (pb.DeviceRef, pb.Device, "kgd"),
+    "RequestDeregistration": (pb.DeviceRef, pb.Device, "lifecycle"),
+    "CancelDeregistration": (pb.DeviceRef, pb.Device, "lifecycle"),
+    "Deregister": (pb.DeviceRef, pb.Device, "kgd"),
+    "Reregister": (pb.Reregistration, pb.Device, "lifecycle"),
+    "BlockDevice": (pb.BlockRequest, pb.Device, "block"),
+    "UnblockDevice": (pb.DeviceRef, pb.Device, "block"),
+    "SetSubscription": (pb.SubscriptionRequest, pb.Device, "subscription"),
+    "IssueToken": (pb.DeviceRef, pb.TokenIssued, "token"),
+    "GetToken": (pb.DeviceRef, pb.TokenIssued, "token"),
+    "ShowDevice": (pb.DeviceRef, pb.DeviceState, "show"),
+    "ListDevices": (pb.DeviceFilter, pb.DeviceList, "show"),
+    "ListAudit": (pb.AuditQuery, pb.AuditLog, "audit"),
+    "CreateApiKey": (pb.ApiKeySpec, pb.ApiKeyCreated, "admin"),
+    "RevokeApiKey": (pb.ApiKeyRef, pb.ApiKeyRef, "admin"),
+    "WhoAmI": (pb.Empty, pb.Caller, ""),
 }
 
 _STATUS_TO_PB = {
@@ -35,11 +69,23 @@ _STATUS_TO_PB = {
     "awaiting_deregistration": pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
     "deregistered": pb.DEVICE_STATUS_DEREGISTERED,
 }
+_STATUS_FROM_PB = {value: key for key, value in _STATUS_TO_PB.items()}
+_ROLE_TO_PB = {
+    OPERATOR: pb.ROLE_OPERATOR,
+    ORGANIZATION: pb.ROLE_ORGANIZATION,
+    SERVICE_CENTRE: pb.ROLE_SERVICE_CENTRE,
+}
+_ROLE_FROM_PB = {value: key for key, value in _ROLE_TO_PB.items()}
 _KIND_TO_CODE = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "exists": grpc.StatusCode.ALREADY_EXISTS,
+    "precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
 }
+# With authentication off (tests of other things, benchmarks on loopback) every call is this.
+ANONYMOUS_OPERATOR = Caller(0, "anonymous", OPERATOR, None, frozenset(), frozenset())
 
 
 def _device_pb(device: registry.Device) -> pb.Device:
@@ -51,20 +97,84 @@ def _device_pb(device: registry.Device) -> pb.Device:
         year=device.year,
         trade_point_id=device.trade_point_id,
         status=_STATUS_TO_PB[device.status],
+        blocked=device.blocked,
+        block_message=device.block_message,
+        subscription_active=device.subscription_active,
     )
 
 
-class ControlService:
-    """The server side. `on_device_changed` lets the local pipeline drop its cached state."""
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat()
 
-    def __init__(self, pool: asyncpg.Pool, on_device_changed: Callable[[int], None]) -> None:
+
+def _point_pb(point: registry.TradePoint) -> pb.TradePoint:
+    return pb.TradePoint(
+        id=point.id,
+        organization_id=point.organization_id,
+        title=point.title,
+        address=point.address,
+        address_kz=point.address_kz,
+        latitude=point.latitude,
+        longitude=point.longitude,
+    )
+
+
+def _denied(caller: Caller, what: str) -> RegistryError:
+    return RegistryError("denied", f"{caller.role} key {caller.name!r} may not {what}")
+
+
+class ControlService:
+    """The server side. `on_device_changed` lets the local pipeline drop its cached state;
+    `notify` hands events to the notifier; with `require_auth` off every caller is an operator."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        on_device_changed: Callable[[int], None],
+        *,
+        require_auth: bool = True,
+        notify: Notify = no_notify,
+    ) -> None:
         self._pool = pool
         self._changed = on_device_changed
+        self._require_auth = require_auth
+        self._notify = notify
 
-    async def AddOrganization(self, req: pb.Organization) -> pb.Organization:  # noqa: N802
+    # --- scope ---
+
+    @staticmethod
+    def _module(caller: Caller, module: str) -> None:
+        if not caller.may_use(module):
+            raise _denied(caller, f"use {module}")
+
+    async def _scope_device(self, conn: Conn, caller: Caller, module: str, system_id: int) -> None:
+        self._module(caller, module)
+        if caller.role == OPERATOR:
+            return
+        if caller.role == SERVICE_CENTRE:
+            if system_id not in caller.system_ids:
+                raise _denied(caller, f"reach device {system_id}")
+            return
+        if await registry.organization_of_device(conn, system_id) != caller.organization_id:
+            raise _denied(caller, f"reach device {system_id}")
+
+    async def _scope_point(self, conn: Conn, caller: Caller, module: str, point_id: int) -> None:
+        self._module(caller, module)
+        if caller.role == OPERATOR:
+            return
+        if caller.role != ORGANIZATION or (
+            await registry.organization_of_point(conn, point_id) != caller.organization_id
+        ):
+            raise _denied(caller, f"reach trade point {point_id}")
+
+    # --- methods ---
+
+    async def AddOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
+        self._module(caller, "admin")
         org = registry.Organization(0, req.iin, req.title, req.address, req.address_kz, req.oked)
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
             added = await registry.add_organization(conn, org)
+            await registry.audit(conn, caller.name, "AddOrganization", None, id=added.id)
         return pb.Organization(
             id=added.id,
             iin=added.iin,
@@ -74,9 +184,9 @@ class ControlService:
             oked=added.oked,
         )
 
-    async def AddTradePoint(self, req: pb.TradePoint) -> pb.TradePoint:  # noqa: N802
-        point = registry.TradePoint(
-            0,
+    def _point(self, req: pb.TradePoint) -> registry.TradePoint:
+        return registry.TradePoint(
+            req.id,
             req.organization_id,
             req.title,
             req.address,
@@ -84,14 +194,48 @@ class ControlService:
             req.latitude,
             req.longitude,
         )
-        async with self._pool.acquire() as conn:
-            added = await registry.add_trade_point(conn, point)
-        response = pb.TradePoint()
-        response.CopyFrom(req)
-        response.id = added.id
-        return response
 
-    async def AddDevice(self, req: pb.Device) -> pb.Device:  # noqa: N802
+    async def AddTradePoint(self, req: pb.TradePoint, caller: Caller) -> pb.TradePoint:  # noqa: N802
+        self._module(caller, "points")
+        if caller.role != OPERATOR and req.organization_id != caller.organization_id:
+            raise _denied(caller, f"add points to organization {req.organization_id}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            added = await registry.add_trade_point(conn, self._point(req))
+            await registry.audit(conn, caller.name, "AddTradePoint", None, id=added.id)
+        return _point_pb(added)
+
+    async def UpdateTradePoint(self, req: pb.TradePoint, caller: Caller) -> pb.TradePoint:  # noqa: N802
+        async with self._pool.acquire() as conn:
+            await self._scope_point(conn, caller, "points", req.id)
+            async with conn.transaction():
+                current = await registry.get_trade_point(conn, req.id)
+                # The owner of a point never changes here: keep it whatever the request says.
+                point = self._point(req)
+                point = registry.TradePoint(
+                    point.id,
+                    current.organization_id,
+                    point.title,
+                    point.address,
+                    point.address_kz,
+                    point.latitude,
+                    point.longitude,
+                )
+                updated = await registry.update_trade_point(conn, point)
+                await registry.audit(
+                    conn,
+                    caller.name,
+                    "UpdateTradePoint",
+                    None,
+                    id=req.id,
+                    latitude=req.latitude,
+                    longitude=req.longitude,
+                )
+            ids = [d.system_id for d in await registry.list_devices(conn, trade_point_id=req.id)]
+        for system_id in ids:
+            self._changed(system_id)
+        return _point_pb(updated)
+
+    async def AddDevice(self, req: pb.Device, caller: Caller) -> pb.Device:  # noqa: N802
         device = registry.Device(
             req.system_id,
             req.kgd_registration_number,
@@ -102,28 +246,145 @@ class ControlService:
             "",
         )
         async with self._pool.acquire() as conn:
-            return _device_pb(await registry.add_device(conn, device))
+            await self._scope_point(conn, caller, "devices", req.trade_point_id)
+            async with conn.transaction():
+                added = await registry.add_device(conn, device)
+                await registry.audit(
+                    conn, caller.name, "AddDevice", added.system_id, point=req.trade_point_id
+                )
+        return _device_pb(added)
 
-    async def ActivateDevice(self, req: pb.DeviceRef) -> pb.Device:  # noqa: N802
+    async def _transition(
+        self, caller: Caller, method: str, system_id: int, to: str, trade_point_id: int = 0
+    ) -> pb.Device:
         async with self._pool.acquire() as conn:
-            device = await registry.set_status(conn, req.system_id, "registered")
-        self._changed(req.system_id)
+            await self._scope_device(conn, caller, METHODS[method][2], system_id)
+            if trade_point_id:
+                # Re-registration moves a device only to a point the caller may reach as well.
+                await self._scope_point(conn, caller, "lifecycle", trade_point_id)
+            async with conn.transaction():
+                device = await registry.transition(
+                    conn, system_id, to, trade_point_id=trade_point_id
+                )
+                await registry.audit(
+                    conn, caller.name, method, system_id, status=to, point=device.trade_point_id
+                )
+        self._changed(system_id)
+        self._notify(system_id, to, {"status": to, "trade_point_id": device.trade_point_id})
         return _device_pb(device)
 
-    async def IssueToken(self, req: pb.DeviceRef) -> pb.TokenIssued:  # noqa: N802
-        async with self._pool.acquire() as conn:
-            token = await registry.issue_token(conn, req.system_id)
-        self._changed(req.system_id)
-        return pb.TokenIssued(system_id=req.system_id, token=token)
+    async def ActivateDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._transition(caller, "ActivateDevice", req.system_id, "registered")
 
-    async def ShowDevice(self, req: pb.DeviceRef) -> pb.DeviceState:  # noqa: N802
+    async def RequestDeregistration(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._transition(
+            caller, "RequestDeregistration", req.system_id, "awaiting_deregistration"
+        )
+
+    async def CancelDeregistration(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
         async with self._pool.acquire() as conn:
             device = await registry.get_device(conn, req.system_id)
+        if device.status != "awaiting_deregistration":
+            raise RegistryError("precondition", f"device {req.system_id} is {device.status}")
+        return await self._transition(caller, "CancelDeregistration", req.system_id, "registered")
+
+    async def Deregister(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._transition(caller, "Deregister", req.system_id, "deregistered")
+
+    async def Reregister(self, req: pb.Reregistration, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._transition(
+            caller, "Reregister", req.system_id, "awaiting_registration", req.trade_point_id
+        )
+
+    async def _standing(
+        self,
+        caller: Caller,
+        method: str,
+        system_id: int,
+        *,
+        change: Callable[[Conn], Awaitable[registry.Device]],
+        event: str,
+        detail: dict[str, object],
+    ) -> pb.Device:
+        async with self._pool.acquire() as conn:
+            await self._scope_device(conn, caller, METHODS[method][2], system_id)
+            async with conn.transaction():
+                device = await change(conn)
+                await registry.audit(conn, caller.name, method, system_id, **detail)
+        self._changed(system_id)
+        self._notify(system_id, event, detail)
+        return _device_pb(device)
+
+    async def BlockDevice(self, req: pb.BlockRequest, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._standing(
+            caller,
+            "BlockDevice",
+            req.system_id,
+            change=lambda conn: registry.set_blocked(conn, req.system_id, True, req.message),
+            event="blocked",
+            detail={"message": req.message},
+        )
+
+    async def UnblockDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._standing(
+            caller,
+            "UnblockDevice",
+            req.system_id,
+            change=lambda conn: registry.set_blocked(conn, req.system_id, False),
+            event="unblocked",
+            detail={},
+        )
+
+    async def SetSubscription(self, req: pb.SubscriptionRequest, caller: Caller) -> pb.Device:  # noqa: N802
+        return await self._standing(
+            caller,
+            "SetSubscription",
+            req.system_id,
+            change=lambda conn: registry.set_subscription(conn, req.system_id, req.active),
+            event="subscription_on" if req.active else "subscription_off",
+            detail={"active": req.active},
+        )
+
+    async def IssueToken(self, req: pb.DeviceRef, caller: Caller) -> pb.TokenIssued:  # noqa: N802
+        async with self._pool.acquire() as conn:
+            await self._scope_device(conn, caller, "token", req.system_id)
+            async with conn.transaction():
+                token = await registry.issue_token(conn, req.system_id)
+                # The token itself stays out of the log: the log is read by more people.
+                await registry.audit(conn, caller.name, "IssueToken", req.system_id)
+        self._changed(req.system_id)
+        self._notify(req.system_id, "token_reset", {"by": caller.name})
+        return pb.TokenIssued(system_id=req.system_id, token=token)
+
+    async def GetToken(self, req: pb.DeviceRef, caller: Caller) -> pb.TokenIssued:  # noqa: N802
+        async with self._pool.acquire() as conn:
+            await self._scope_device(conn, caller, "token", req.system_id)
+            async with conn.transaction():
+                token = await conn.fetchval(
+                    "SELECT token FROM device_state WHERE system_id = $1", req.system_id
+                )
+                if token is None:
+                    await registry.get_device(conn, req.system_id)  # not_found if it is none
+                    raise RegistryError("precondition", "no token issued yet: IssueToken")
+                await registry.audit(conn, caller.name, "GetToken", req.system_id)
+        return pb.TokenIssued(system_id=req.system_id, token=token)
+
+    async def ShowDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.DeviceState:  # noqa: N802
+        async with self._pool.acquire() as conn:
+            await self._scope_device(conn, caller, "show", req.system_id)
+            device = await registry.get_device(conn, req.system_id)
             state = await load_state(conn, req.system_id, timeout=CALL_TIMEOUT)
+            offline = await conn.fetchrow(
+                "SELECT offline_since, offline_until, software FROM device_state"
+                " WHERE system_id = $1",
+                req.system_id,
+            )
         assert state is not None  # a device always has its state row
+        assert offline is not None
+        opened = state.tally.opened_at if state.shift_open else None
         return pb.DeviceState(
             device=_device_pb(device),
-            token=state.token or 0,
+            token=(state.token or 0) if caller.role == OPERATOR else 0,
             has_last_request=state.last_request_number is not None,
             last_request_number=state.last_request_number or 0,
             last_command=state.last_command or 0,
@@ -134,7 +395,96 @@ class ControlService:
             documents_accepted=state.documents_accepted,
             last_contact_us=int(state.last_contact.timestamp() * 1e6) if state.last_contact else 0,
             protocol_version=state.protocol_version or 0,
+            shift_opened_at=opened.isoformat() if opened else "",
+            offline_since=_iso(offline["offline_since"]),
+            offline_until=_iso(offline["offline_until"]),
+            software=offline["software"] or "",
         )
+
+    async def ListDevices(self, req: pb.DeviceFilter, caller: Caller) -> pb.DeviceList:  # noqa: N802
+        self._module(caller, "show")
+        organization_id = req.organization_id
+        system_ids: frozenset[int] | None = None
+        if caller.role == ORGANIZATION:
+            if organization_id and organization_id != caller.organization_id:
+                raise _denied(caller, f"list devices of organization {organization_id}")
+            organization_id = caller.organization_id or 0
+        elif caller.role == SERVICE_CENTRE:
+            system_ids = caller.system_ids
+        status = _STATUS_FROM_PB.get(req.status, "")
+        async with self._pool.acquire() as conn:
+            devices = await registry.list_devices(
+                conn,
+                organization_id=organization_id,
+                trade_point_id=req.trade_point_id,
+                status=status,
+                system_ids=system_ids,
+                after=req.after,
+                limit=req.limit,
+            )
+        return pb.DeviceList(devices=[_device_pb(d) for d in devices])
+
+    async def ListAudit(self, req: pb.AuditQuery, caller: Caller) -> pb.AuditLog:  # noqa: N802
+        async with self._pool.acquire() as conn:
+            if req.system_id:
+                await self._scope_device(conn, caller, "audit", req.system_id)
+            elif caller.role != OPERATOR:
+                raise _denied(caller, "read the whole audit log")
+            entries = await registry.list_audit(conn, req.system_id or None, req.limit)
+        return pb.AuditLog(
+            entries=[
+                pb.AuditEntry(
+                    at_us=int(e.at.timestamp() * 1e6),
+                    actor=e.actor,
+                    action=e.action,
+                    system_id=e.system_id or 0,
+                    detail_json=e.detail,
+                )
+                for e in entries
+            ]
+        )
+
+    async def CreateApiKey(self, req: pb.ApiKeySpec, caller: Caller) -> pb.ApiKeyCreated:  # noqa: N802
+        self._module(caller, "admin")
+        role = _ROLE_FROM_PB.get(req.role)
+        if role not in ROLES or not req.name:
+            raise RegistryError("invalid", "a key needs a name and a role")
+        async with self._pool.acquire() as conn, conn.transaction():
+            key_id, key = await create_key(
+                conn,
+                name=req.name,
+                role=role,
+                organization_id=req.organization_id or None,
+                system_ids=frozenset(req.system_ids),
+                modules=frozenset(req.modules),
+            )
+            await registry.audit(
+                conn, caller.name, "CreateApiKey", None, id=key_id, name=req.name, role=role
+            )
+        return pb.ApiKeyCreated(id=key_id, key=key)
+
+    async def RevokeApiKey(self, req: pb.ApiKeyRef, caller: Caller) -> pb.ApiKeyRef:  # noqa: N802
+        self._module(caller, "admin")
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
+                " RETURNING id",
+                req.id,
+            )
+            if done is None:
+                raise RegistryError("not_found", f"no live key {req.id}")
+            await registry.audit(conn, caller.name, "RevokeApiKey", None, id=req.id)
+        return pb.ApiKeyRef(id=req.id)
+
+    async def WhoAmI(self, req: pb.Empty, caller: Caller) -> pb.Caller:  # noqa: N802
+        del req
+        return pb.Caller(
+            name=caller.name,
+            role=_ROLE_TO_PB[caller.role],
+            organization_id=caller.organization_id or 0,
+        )
+
+    # --- wiring ---
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {
@@ -143,19 +493,32 @@ class ControlService:
                 request_deserializer=request_type.FromString,
                 response_serializer=response_type.SerializeToString,
             )
-            for name, (request_type, response_type) in METHODS.items()
+            for name, (request_type, response_type, _) in METHODS.items()
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
-    @staticmethod
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        if not self._require_auth:
+            return ANONYMOUS_OPERATOR
+        key = bearer(context.invocation_metadata())
+        if key is None:
+            raise RegistryError("unauthenticated", "no `authorization: Bearer <key>` metadata")
+        async with self._pool.acquire() as conn:
+            caller = await authenticate(conn, key)
+        if caller is None:
+            raise RegistryError("unauthenticated", "unknown or revoked key")
+        return caller
+
     def _guarded(
-        method: Callable[[Any], Awaitable[Any]],
+        self,
+        method: Callable[[Any, Caller], Awaitable[Any]],
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        """Turns registry refusals and an unreachable database into gRPC statuses."""
+        """Authenticates the caller; turns registry refusals and an unreachable database into
+        gRPC statuses."""
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await method(request)
+                return await method(request, await self._caller(context))
             except RegistryError as err:
                 await context.abort(_KIND_TO_CODE[err.kind], str(err))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
@@ -164,14 +527,30 @@ class ControlService:
         return call
 
 
-class ControlClient:
-    """A blocking client for the CLI, the demo and tests."""
+def find_key(key: str | None = None, data_dir: Path | None = None) -> str | None:
+    """The key a client presents: given, else OFD_CONTROL_KEY, else DATA_DIR/operator.key."""
+    if key:
+        return key
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    return None if data_dir is None else read_key_file(data_dir)
 
-    def __init__(self, target: str) -> None:
+
+def auth_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata that presents `key`; none without a key."""
+    return () if not key else (("authorization", f"Bearer {key}"),)
+
+
+class ControlClient:
+    """A blocking client for the CLI, the demo and tests; `key` (else OFD_CONTROL_KEY) goes
+    with every call."""
+
+    def __init__(self, target: str, key: str | None = None) -> None:
         self._channel = grpc.insecure_channel(target)
+        self._metadata = auth_metadata(find_key(key))
 
     def call(self, method: str, request: Any) -> Any:
-        request_type, response_type = METHODS[method]
+        request_type, response_type, _ = METHODS[method]
         if not isinstance(request, request_type):
             raise TypeError(f"{method} takes {request_type.__name__}")
         stub = self._channel.unary_unary(
@@ -179,7 +558,7 @@ class ControlClient:
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
         )
-        return stub(request, timeout=CALL_TIMEOUT)
+        return stub(request, timeout=CALL_TIMEOUT, metadata=self._metadata)
 
     def close(self) -> None:
         self._channel.close()

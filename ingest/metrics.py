@@ -226,6 +226,8 @@ class GatewayMetrics:
         self._journal: CountingJournal | None = None
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
+        # MQTT notifications: the notifier's stats (ingest/notifications.NotifierStats).
+        self._notifier: Any = None
         self._http: tuple[WSGIServer, Thread] | None = None
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
@@ -263,6 +265,23 @@ class GatewayMetrics:
     def watch_frame_errors(self, transport: str, count: Callable[[], int]) -> None:
         self._frame_errors[transport] = count
 
+    def watch_notifier(self, stats: object) -> None:
+        """Counts of ingest/notifications.NotifierStats (queued, published, dropped, failures)."""
+        self._notifier = stats
+
+    def _notifier_families(self) -> Iterator[Metric]:
+        stats = self._notifier
+        if stats is None:
+            return
+        family = CounterMetricFamily(
+            "ofd_notifications",
+            "MQTT notifications by outcome: queued, published, dropped (queue full), failures.",
+            labels=["outcome"],
+        )
+        for outcome in ("queued", "published", "dropped", "failures"):
+            family.add_metric([outcome], getattr(stats, outcome))
+        yield family
+
     def _observe_batch(self, size: int, seconds: float) -> None:
         self._batch_sizes.observe(size)
         self._commit_seconds.observe(seconds)
@@ -298,6 +317,7 @@ class GatewayMetrics:
         yield from self._request_families()
         yield from self._commit_families()
         yield from self._connection_families()
+        yield from self._notifier_families()
         info = GaugeMetricFamily("ofd_gateway_info", "This gateway process.", labels=["gateway_id"])
         info.add_metric([self.gateway_id], 1)
         yield info

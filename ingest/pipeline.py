@@ -1,7 +1,10 @@
 """The request pipeline: one frame in, one answer frame out, durable before it leaves.
 
-    parse -> session rules (id, token, request number, retry) -> command handler
+    parse -> session rules (id, token, request number, retry) -> [prepare] -> command handler
           -> group commit (journal + device state) -> answer
+
+`prepare` (ingest/prepare.py) reads what an offline receipt or a catalogue, login or QR command
+needs from PostgreSQL; an online receipt skips it.
 
 Device state is cached in process memory only as a hint: every success is checked by the
 conditional update in PostgreSQL, and every refusal or retry seen in the cache is re-checked
@@ -21,11 +24,15 @@ import structlog
 from ingest.body import parse_request, peek_command, refusal_frame, response_frame
 from ingest.codec import Frame, FrameHeader, encode
 from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
+from ingest.notifications import Notify, no_notify
+from ingest.prepare import needs_preparing, prepare
+from ingest.software import SoftwareSeen
 from ledger.device_state import DeviceState, ShiftReport
 from ledger.errors import Refusal, SinkError, StateConflict
 from ledger.fiscal import next_token
 from ledger.group_commit import GroupCommitter
 from ledger.journal import JournalEntry
+from ledger.offline import OfflineWrite
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
@@ -71,6 +78,10 @@ def next_state(
     tally, blob = state.tally, state.tally_blob
     if outcome.tally is not None:
         tally, blob = outcome.tally, outcome.tally_blob
+    offline_since = state.offline_since
+    offline = outcome.offline_write
+    if offline is not None:
+        offline_since = _window_start(offline_since, offline)
     # Built field by field: dataclasses.replace costs twice as much, on every request.
     return DeviceState(
         system_id=state.system_id,
@@ -92,7 +103,21 @@ def next_state(
         tally=tally,
         tally_blob=blob,
         shift_report=outcome.shift_report,
+        offline_since=offline_since,
+        offline_write=offline,
+        blocked=state.blocked,
+        block_message=state.block_message,
+        subscription_active=state.subscription_active,
     )
+
+
+def _window_start(since: datetime | None, change: OfflineWrite) -> datetime | None:
+    """The open offline window's start once `change` is written (as ledger/offline.py's SQL)."""
+    if change.close:
+        return None
+    if change.since is None or (since is not None and since <= change.since):
+        return since
+    return change.since
 
 
 @dataclass(slots=True)
@@ -142,6 +167,9 @@ class Pipeline:
         self._cache: dict[int, DeviceState] = {}
         self._locks = DeviceLocks()
         self.shift_stats = ShiftStats()
+        # Notifications (ingest/notifications.py): queued without waiting, never on the wire.
+        self.on_event: Notify = no_notify
+        self._software = SoftwareSeen(pool, settings.db_timeout)
 
     def forget(self, device_id: int) -> None:
         """Drops the cached state of a device (the control API changed it)."""
@@ -221,7 +249,9 @@ class Pipeline:
             state = await self._load(header.device_id)
         while True:
             try:
-                verdict = check_session(state, header.token, header.request_number, command)
+                verdict = check_session(
+                    state, header.token, header.request_number, command, header.version
+                )
             except Refusal:
                 if fresh:
                     raise
@@ -239,12 +269,23 @@ class Pipeline:
         if verdict is Verdict.RETRY:
             assert state.last_response is not None  # stored with every accepted request
             return state.last_response
+        prepared = None
+        if needs_preparing(command, request):
+            prepared = await prepare(
+                self._pool,
+                state,
+                command,
+                request,
+                fiscal=self._settings.fiscal,
+                timeout=self._settings.db_timeout,
+            )
         ctx = RequestContext(
             schema=SCHEMAS[header.version],
             version=header.version,
             token=header.token,
             request_number=header.request_number,
             fiscal=self._settings.fiscal,
+            prepared=prepared,
         )
         outcome = handler_for(command)(ctx, state, request)
         token = header.token
@@ -259,6 +300,13 @@ class Pipeline:
         entry = self._journal_entry(frame, command, answer, outcome, received_at_us)
         await self._committer.commit(state.version, new_state, entry)
         self._remember(new_state)
+        await self._software.observe(header.device_id, request)
+        if state.protocol_version is not None and state.protocol_version != header.version:
+            self.on_event(
+                header.device_id,
+                "protocol_version_changed",
+                {"previous": state.protocol_version, "current": header.version},
+            )
         if outcome.shift_report is not None:
             self._shift_closed(header.device_id, outcome.shift_report)
         return answer
@@ -277,6 +325,17 @@ class Pipeline:
             device_sent_z=report.device_z is not None,
             differences=list(report.differences[:MAX_LOGGED_DIFFERENCES]),
             difference_count=len(report.differences),
+        )
+        self.on_event(
+            device_id,
+            "z_mismatch",
+            {
+                "shift_number": report.shift_number,
+                "offline": report.is_offline,
+                "device_sent_z": report.device_z is not None,
+                "differences": list(report.differences[:MAX_LOGGED_DIFFERENCES]),
+                "difference_count": len(report.differences),
+            },
         )
 
     def _journal_entry(
@@ -302,5 +361,6 @@ class Pipeline:
                 header.version, header.device_id, header.token, header.request_number, frame.body
             ),
             response_frame=answer,
+            is_offline=document.offline,
         )
         return JournalEntry(header.device_id, record.SerializeToString())

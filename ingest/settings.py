@@ -40,6 +40,16 @@ class Settings:
     # gRPC device ingest on server.host, apart from the control API (which devices must not
     # reach): None serves none, 0 a port the kernel picks.
     grpc_port: int | None = None
+    # Control API callers present an API key (ingest/control_auth.py); off only where every
+    # caller is trusted (tests of other components). `ofd serve` always has it on.
+    control_auth: bool = True
+    # MQTT notifications (ingest/notifications.py): None publishes none.
+    mqtt_url: str | None = None
+    # A device silent this long is reported offline; well before the 72 hours after which
+    # its offline queue blocks it.
+    offline_alert_seconds: float = 6 * 3600.0
+    # How often the offline / long-shift scan runs (with mqtt_url only).
+    alert_scan_seconds: float = 60.0
 
     @property
     def journal_dir(self) -> Path:

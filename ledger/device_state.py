@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.offline import OfflineWrite
 from ledger.tally import EMPTY_TALLY, Tally
 
 REGISTERED = "registered"
@@ -66,3 +67,11 @@ class DeviceState:
     tally_blob: bytes | None = None
     # A shift this change closes: written to shift_reports in the same transaction.
     shift_report: ShiftReport | None = None
+    # Set by the control API only (a change bumps `version`); the session rules refuse on them.
+    blocked: bool = False
+    block_message: str = ""
+    subscription_active: bool = True
+    # Device-local start of its open offline window (ledger/offline.py); None: none open.
+    offline_since: datetime | None = None
+    # What this change does to the offline record: written in the same transaction.
+    offline_write: OfflineWrite | None = None

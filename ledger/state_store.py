@@ -13,6 +13,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from ledger.device_state import DeviceState, RegInfo
+from ledger.offline import write_offline
 from ledger.tally import Tally, tally_of
 from ledger.tally_codec import from_bytes
 
@@ -23,6 +24,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 LOAD_SQL = """
 SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.model,
+       d.blocked, d.block_message, d.subscription_active,
        o.title AS org_title, o.address AS org_address, o.address_kz AS org_address_kz,
        o.iin AS org_iin, o.oked AS org_oked,
        p.title AS point_title, p.address AS point_address, p.address_kz AS point_address_kz,
@@ -30,7 +32,7 @@ SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.mode
        s.version, s.token, s.last_request_number, s.last_request_token, s.last_command,
        s.last_response, s.shift_number, s.shift_open, s.last_document_shift,
        s.last_document_number, s.documents_accepted, s.protocol_version, s.last_contact,
-       s.current_tally
+       s.current_tally, s.offline_since
 FROM devices d
 JOIN trade_points p ON p.id = d.trade_point_id
 JOIN organizations o ON o.id = p.organization_id
@@ -113,6 +115,10 @@ def _state_from_row(row: asyncpg.Record) -> DeviceState:
         last_contact=row["last_contact"],
         tally=tally,
         tally_blob=blob,
+        offline_since=row["offline_since"],
+        blocked=row["blocked"],
+        block_message=row["block_message"],
+        subscription_active=row["subscription_active"],
     )
 
 
@@ -156,6 +162,13 @@ async def write_states(
     closes = [s for _, s in changes if s.shift_report is not None and s.system_id in won]
     if closes:
         await _insert_shift_reports(conn, closes, timeout=timeout)
+    offline = [
+        (s.system_id, s.offline_write)
+        for _, s in changes
+        if s.offline_write is not None and s.system_id in won
+    ]
+    if offline:
+        await write_offline(conn, offline, timeout=timeout)
     return won
 
 

@@ -5,13 +5,17 @@ simulated cash registers through the control API (two speaking 2.0.3, one 2.0.4)
 send a shift of receipts over TCP, one connection per request like the reference client. One
 device drops its connection before reading an answer and retransmits, as a real device does after
 a lost answer. Then it stops the gateway and shows that the journal holds every acknowledged
-receipt exactly once. Exits 0 only if every check holds.
+receipt exactly once. Meanwhile `ofd load` (the warehouse loader, owner of the chDB directory)
+loads the journal; the demo ends with an analyst's `ofd query` through it, checking that every
+acknowledged receipt is in the warehouse once. Exits 0 only if every check holds.
 """
 
 import asyncio
 import random
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 from ingest.control import ControlClient
 from ledger.journal_view import journal_records
 from ledger.schemas import SCHEMAS
+from ledger.warehouse.service import query, service_address
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.kkm import SimulatedKkm
 from simulators.processes import ServerProcess, start_gateway, stop
@@ -151,6 +156,54 @@ def check_journal(devices: list[DemoDevice]) -> bool:
     return ok
 
 
+WAREHOUSE_TIMEOUT = 60.0  # seconds the loader gets to start and to catch up
+ANALYST_QUERY = (
+    "SELECT device_id, count() AS receipts, sum(total) / 100 AS total_tenge,"
+    " countIf(offline = 1) AS offline FROM ofd.receipts GROUP BY device_id ORDER BY device_id"
+)
+
+
+def start_loader() -> subprocess.Popen[bytes]:
+    log = open(DATA_DIR / "loader.log", "ab")  # noqa: SIM115  (the child holds it)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest.cli", "load", "--data-dir", str(DATA_DIR)],
+        stdout=log,
+        stderr=log,
+    )
+
+
+def check_warehouse(devices: list[DemoDevice], loader: subprocess.Popen[bytes]) -> bool:
+    """Waits until the loader holds every acknowledged receipt, then asks as an analyst would."""
+    expected = sum(len(d.acknowledged) for d in devices)
+    deadline = time.monotonic() + WAREHOUSE_TIMEOUT
+    count = -1
+    while time.monotonic() < deadline and loader.poll() is None:
+        if service_address(DATA_DIR) is not None:
+            rows = query(DATA_DIR, {"sql": "SELECT count() AS n FROM ofd.documents"})
+            count = int(rows[0]["n"])
+            if count >= expected:
+                break
+        time.sleep(0.1)
+    signs = {sign for d in devices for sign in d.acknowledged}
+    rows = query(DATA_DIR, {"sql": "SELECT fiscal_sign FROM ofd.receipts"})
+    loaded = [r["fiscal_sign"] for r in rows]
+    ok = sorted(loaded) == sorted(signs)
+    print(
+        f"\nwarehouse check: {expected} acknowledged receipts, {len(loaded)} in chDB, "
+        f"each exactly once: {ok}"
+    )
+    print(f'\nan analyst asks: ofd query --data-dir {DATA_DIR} "{ANALYST_QUERY}"')
+    answer = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "query", "--data-dir", str(DATA_DIR), ANALYST_QUERY],
+        capture_output=True,
+        text=True,
+        timeout=WAREHOUSE_TIMEOUT,
+        check=False,
+    )
+    print(answer.stdout.rstrip() or answer.stderr.rstrip())
+    return ok and answer.returncode == 0
+
+
 def main() -> int:
     if DATA_DIR.exists():
         shutil.rmtree(DATA_DIR)
@@ -159,9 +212,10 @@ def main() -> int:
     gateway = start_gateway(
         DATA_DIR, port=DEMO_PORT, control_port=DEMO_CONTROL_PORT, log_path=DATA_DIR / "gateway.log"
     )
+    loader = start_loader()
     try:
         print(f"gateway ready: TCP {gateway.host}:{gateway.port}, control API {gateway.control}")
-        control = ControlClient(gateway.control)
+        control = ControlClient(gateway.control, gateway.control_key)
         devices = register(
             control, [("kkm-A (2.0.3)", 203), ("kkm-B (2.0.4)", 204), ("kkm-C (2.0.3)", 203)]
         )
@@ -183,7 +237,11 @@ def main() -> int:
     finally:
         code = stop(gateway)
         print(f"\ngateway stopped (exit code {code})")
-    ok = check_journal(devices)
+    try:
+        ok = check_journal(devices) and check_warehouse(devices, loader)
+    finally:
+        loader.terminate()
+        loader.wait(WAREHOUSE_TIMEOUT)
     print("\ndemo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 

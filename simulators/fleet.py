@@ -174,6 +174,7 @@ class Endpoints:
     host: str
     port: int
     control: str  # host:port of the control API
+    control_key: str | None = None  # its API key; None: OFD_CONTROL_KEY (ingest/control.py)
 
 
 @dataclass(slots=True)
@@ -400,7 +401,7 @@ async def _final_drain(run: FleetRun, scheduler: Scheduler, progress: Progress) 
 async def drive(config: FleetConfig, endpoints: Endpoints, out: TextIO = sys.stdout) -> FleetRun:
     """Registers the fleet, runs the profile, drains, and checks every device's token."""
     started = time.monotonic()
-    keys = await register_fleet(endpoints.control, config.devices)
+    keys = await register_fleet(endpoints.control, config.devices, endpoints.control_key)
     clock = clock_for(config)
     devices, tally = build_devices(config, endpoints, [(k.system_id, k.token) for k in keys], clock)
     run = FleetRun(config, devices, tally, register_seconds=time.monotonic() - started)
@@ -631,7 +632,9 @@ def _own_gateway(config: FleetConfig, keep: bool) -> tuple[FleetRun, JournalChec
         server = start_gateway(data_dir, "--host", HOST)
         try:
             control_host, _, control_port = server.control.rpartition(":")
-            endpoints = Endpoints(server.host, server.port, f"{control_host}:{control_port}")
+            endpoints = Endpoints(
+                server.host, server.port, f"{control_host}:{control_port}", server.control_key
+            )
             run = _run_loop(config, endpoints)
         finally:
             code = stop(server)

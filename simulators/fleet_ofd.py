@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ingest.control import CALL_TIMEOUT, METHODS, SERVICE
+from ingest.control import CALL_TIMEOUT, METHODS, SERVICE, auth_metadata, find_key
 from ledger.journal_view import journal_records
 from ledger.results import Command, ResultCode
 from ofdproto.control.v1 import control_pb2 as pb
@@ -47,8 +47,9 @@ class Registered:
     token: int
 
 
-async def register_fleet(control: str, count: int) -> list[Registered]:
-    """`count` devices registered at KGD with their first tokens, in system id order."""
+async def register_fleet(control: str, count: int, key: str | None = None) -> list[Registered]:
+    """`count` devices registered at KGD with their first tokens, in system id order; `key`
+    (else OFD_CONTROL_KEY) authenticates the calls."""
     if not 1 <= count <= MAX_DEVICES:
         raise ValueError(f"a fleet has 1..{MAX_DEVICES} devices, not {count}")
     async with grpc.aio.insecure_channel(control) as channel:
@@ -58,11 +59,12 @@ async def register_fleet(control: str, count: int) -> list[Registered]:
                 request_serializer=request_type.SerializeToString,
                 response_deserializer=response_type.FromString,
             )
-            for name, (request_type, response_type) in METHODS.items()
+            for name, (request_type, response_type, _) in METHODS.items()
         }
+        metadata = auth_metadata(find_key(key))
 
         async def call(name: str, request: Any) -> Any:
-            return await calls[name](request, timeout=CALL_TIMEOUT)
+            return await calls[name](request, timeout=CALL_TIMEOUT, metadata=metadata)
 
         # Random identities: a second run against the same OFD must not collide with the first
         # (IIN and KGD number are unique in the registry).

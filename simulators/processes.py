@@ -36,6 +36,7 @@ class ServerProcess:
     port: int = 0
     control: str = ""  # host:port of the control API, for the gateway
     pg_dir: Path | None = None  # the embedded PostgreSQL's data directory, for the gateway
+    control_key: str | None = None  # the gateway's bootstrap operator key (DATA_DIR/operator.key)
 
     @property
     def pid(self) -> int:
@@ -112,6 +113,10 @@ def start_gateway(
     except BaseException:
         stop(server)
         raise
+    # Written before the ready line; absent only for a gateway whose control API is open.
+    key_path = data_dir / "operator.key"
+    if key_path.exists():
+        server.control_key = key_path.read_text().strip()
     return server
 
 

@@ -53,7 +53,12 @@ def database_url() -> Iterator[str]:
 
 
 def gateway_settings(
-    data_dir: Path, database_url: str, *, gateway_id: str = "gw-test", port: int = 0
+    data_dir: Path,
+    database_url: str,
+    *,
+    gateway_id: str = "gw-test",
+    port: int = 0,
+    control_auth: bool = False,
 ) -> Settings:
     return Settings(
         data_dir=data_dir,
@@ -65,6 +70,8 @@ def gateway_settings(
         grpc_port=0,
         commit=CommitSettings(),
         fiscal=FiscalSettings(secret=TEST_SECRET),
+        # Off for tests of other components; tests/test_control_*.py turn it on.
+        control_auth=control_auth,
     )
 
 

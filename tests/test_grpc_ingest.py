@@ -16,7 +16,7 @@ import pytest
 from conftest import register_device
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_session_wire import (
+from wire import (
     UNKNOWN_SYSTEM_ID,
     VERSIONS,
     Answer,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import gateway_settings, register_device
 from prometheus_client.parser import text_string_to_metric_families
-from test_session_wire import ask, body, command_body, ticket
+from wire import ask, body, command_body, ticket
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.body import refusal_frame, response_frame

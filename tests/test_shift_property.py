@@ -16,7 +16,7 @@ import asyncpg
 from conftest import register_device
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_session_wire import kkm_for
+from wire import kkm_for
 
 from ingest.app import RunningGateway
 from ingest.codec import FrameHeader

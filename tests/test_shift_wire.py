@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import register_device
-from test_session_wire import device_row, journaled, kkm_for
+from wire import device_row, journaled, kkm_for
 
 from ingest.app import RunningGateway
 from ledger.results import ResultCode
