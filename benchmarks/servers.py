@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from simulators.processes import ServerFailed, ServerProcess, spawn, stop, wait_ready
+from simulators.processes import ServerFailed, ServerProcess, ready_or_stopped, spawn, stop
 from simulators.processes import start_gateway as start_gateway_process
 
 HOST = "127.0.0.1"
@@ -41,11 +41,7 @@ def start_echo_floor(log_path: Path, port: int, version: int) -> ServerProcess:
          "--version", str(version)],
         log_path,
     )  # fmt: skip
-    try:
-        wait_ready(server)
-    except BaseException:
-        stop(server)
-        raise
+    ready_or_stopped(server)
     return server
 
 

@@ -72,14 +72,20 @@ def _scan(f: BinaryIO, offset: int) -> Iterator[tuple[int, JournalEntry]]:
         yield offset, JournalEntry(key, payload)
 
 
+def check_record_size(entry: JournalEntry) -> None:
+    """Refuses a record over MAX_RECORD_BYTES before anything of its batch is written; every
+    journal implementation applies the same limit."""
+    if len(entry.payload) > MAX_RECORD_BYTES:
+        raise SinkError(
+            f"journal record of {len(entry.payload)} bytes exceeds {MAX_RECORD_BYTES}",
+            retriable=False,
+        )
+
+
 def _encode(entries: Sequence[JournalEntry]) -> bytes:
     parts: list[bytes] = []
     for entry in entries:
-        if len(entry.payload) > MAX_RECORD_BYTES:
-            raise SinkError(
-                f"journal record of {len(entry.payload)} bytes exceeds {MAX_RECORD_BYTES}",
-                retriable=False,
-            )
+        check_record_size(entry)
         try:
             key = entry.key.to_bytes(8, "little")
         except OverflowError as err:

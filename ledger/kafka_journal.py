@@ -33,7 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ledger.errors import SinkError
-from ledger.journal import MAX_RECORD_BYTES, JournalEntry
+from ledger.journal import MAX_RECORD_BYTES, JournalEntry, check_record_size
 
 log = structlog.get_logger(__name__)
 
@@ -291,11 +291,7 @@ class KafkaJournal:
 def _checked_keys(entries: Sequence[JournalEntry]) -> list[bytes]:
     keys: list[bytes] = []
     for entry in entries:
-        if len(entry.payload) > MAX_RECORD_BYTES:
-            raise SinkError(
-                f"journal record of {len(entry.payload)} bytes exceeds {MAX_RECORD_BYTES}",
-                retriable=False,
-            )
+        check_record_size(entry)
         try:
             keys.append(encode_key(entry.key))
         except OverflowError as err:

@@ -86,6 +86,15 @@ def wait_ready(server: ServerProcess, timeout: float = READY_TIMEOUT) -> None:
     )
 
 
+def ready_or_stopped(server: ServerProcess) -> None:
+    """Waits for the ready line; a server that does not get there is stopped, not left behind."""
+    try:
+        wait_ready(server)
+    except BaseException:
+        stop(server)
+        raise
+
+
 def start_gateway(
     data_dir: Path,
     *extra_args: str,
@@ -108,11 +117,7 @@ def start_gateway(
     )  # fmt: skip
     if "--database-url" not in extra_args:
         server.pg_dir = data_dir / "pg"
-    try:
-        wait_ready(server)
-    except BaseException:
-        stop(server)
-        raise
+    ready_or_stopped(server)
     # Written before the ready line; absent only for a gateway whose control API is open.
     key_path = data_dir / "operator.key"
     if key_path.exists():
