@@ -97,6 +97,8 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             committer,
             PipelineSettings(settings.gateway_id, settings.fiscal, settings.commit.db_timeout),
         )
+        metrics.watch_shifts(pipeline.shift_stats)
+        metrics.watch_offline(pool)
         notifier = (
             None
             if settings.mqtt_url is None
@@ -132,20 +134,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         grpc_servers = [control] if grpc_ingest_server is None else [control, grpc_ingest_server]
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")
-            background = []
-            if notifier is not None:
-                background = [
-                    tasks.create_task(notifier.run(), name="mqtt-notifier"),
-                    tasks.create_task(
-                        scan_forever(
-                            pool,
-                            notifier.publish,
-                            settings.offline_alert_seconds,
-                            settings.alert_scan_seconds,
-                        ),
-                        name="alert-scan",
-                    ),
-                ]
+            background = _background_tasks(tasks, settings, pool, metrics, notifier)
             for server in grpc_servers:
                 await server.start()
             await tcp.start()
@@ -179,6 +168,36 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         await journal.close()
     finally:
         await pool.close()
+
+
+def _background_tasks(
+    tasks: asyncio.TaskGroup,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    metrics: GatewayMetrics,
+    notifier: Notifier | None,
+) -> list[asyncio.Task[None]]:
+    """The periodic tasks beside the servers, cancelled when the gateway stops."""
+    background: list[asyncio.Task[None]] = []
+    if settings.metrics_port is not None:
+        # The offline gauges are a database read: in the background, never on a scrape.
+        background.append(
+            tasks.create_task(metrics.refresh_offline_forever(), name="offline-gauges")
+        )
+    if notifier is not None:
+        background += [
+            tasks.create_task(notifier.run(), name="mqtt-notifier"),
+            tasks.create_task(
+                scan_forever(
+                    pool,
+                    notifier.publish,
+                    settings.offline_alert_seconds,
+                    settings.alert_scan_seconds,
+                ),
+                name="alert-scan",
+            ),
+        ]
+    return background
 
 
 async def _drain(tcp: TcpServer) -> None:

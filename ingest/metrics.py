@@ -4,6 +4,9 @@ A request costs the hot path one dict increment and one histogram bucket increme
 (protocol version, command, result code) are read from the first bytes of the answer frame, not
 parsed out of it. Everything else is read at scrape time from counters the servers and the
 group commit keep anyway (`ServerStats`, `CommitStats`), so it costs nothing per request.
+The offline-window gauges come from PostgreSQL (all devices, not this process's): a background
+task refreshes them every OFFLINE_REFRESH_SECONDS, bounded by a timeout, and a scrape reads the
+cached values, so a scrape never waits on the database.
 Authentication failures are the requests answered 1, 2, 8 or 9, summed at scrape time.
 
 Exported (label values: `result` is the numeric result code of protocol.md, `command` the
@@ -21,6 +24,10 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_connections_active / _total / _refused_total        device TCP connections
     ofd_connections_timed_out_total                         closed by the read or idle timeout
     ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
+    ofd_shifts_closed_total                                 shifts closed (CLOSE_SHIFT durable)
+    ofd_z_report_mismatches_total                           closes whose device Z report differed
+    ofd_offline_windows_open                                devices with an open offline window
+    ofd_offline_window_max_age_seconds                      the oldest open window's age
     ofd_gateway_info{gateway_id}                            1, naming this process
     process_*                                               CPU, memory, file descriptors
 
@@ -32,10 +39,13 @@ import asyncio
 import bisect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from threading import Thread
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import asyncpg
+import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -45,12 +55,21 @@ from prometheus_client.core import (
 )
 
 from ingest.codec import HEADER_SIZE, Frame
+from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
 from ledger.journal import Journal, JournalEntry
+from ledger.offline import offline_backlog
 from ledger.results import Command, ResultCode
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_METRICS_PORT = 7779
+# The offline-window gauges: refreshed this often, each refresh given this long at most.
+OFFLINE_REFRESH_SECONDS = 30.0
+OFFLINE_REFRESH_TIMEOUT = 10.0
+# Offline windows are kept in device-local time (ledger/offline.py): Kazakhstan, UTC+5.
+DEVICE_UTC_OFFSET = timezone(timedelta(hours=5))
 
 Handler = Callable[[Frame], Awaitable[bytes]]
 # What the gRPC side needs to run a request as a task of its own.
@@ -228,6 +247,10 @@ class GatewayMetrics:
         self._frame_errors: dict[str, Callable[[], int]] = {}
         # MQTT notifications: the notifier's stats (ingest/notifications.NotifierStats).
         self._notifier: Any = None
+        self._shifts: ShiftStats | None = None
+        self._pool: asyncpg.Pool | None = None
+        # (windows open, oldest window's age in seconds): replaced whole, read whole.
+        self._offline: tuple[int, float] = (0, 0.0)
         self._http: tuple[WSGIServer, Thread] | None = None
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
@@ -268,6 +291,59 @@ class GatewayMetrics:
     def watch_notifier(self, stats: object) -> None:
         """Counts of ingest/notifications.NotifierStats (queued, published, dropped, failures)."""
         self._notifier = stats
+
+    def watch_shifts(self, stats: ShiftStats) -> None:
+        """Closed shifts and Z report mismatches, as the pipeline counts them."""
+        self._shifts = stats
+
+    def watch_offline(self, pool: asyncpg.Pool) -> None:
+        """Where `refresh_offline` reads the open offline windows from."""
+        self._pool = pool
+
+    async def refresh_offline(self, timeout: float = OFFLINE_REFRESH_TIMEOUT) -> None:
+        """Reads the offline backlog once into the cached gauges (raises on failure, leaving
+        the last values in place)."""
+        if self._pool is None:
+            return
+        now = datetime.now(UTC).astimezone(DEVICE_UTC_OFFSET).replace(tzinfo=None)
+        async with asyncio.timeout(timeout), self._pool.acquire(timeout=timeout) as conn:
+            backlog = await offline_backlog(conn, now=now, timeout=timeout)
+        self._offline = (backlog.windows_open, backlog.max_age.total_seconds())
+
+    async def refresh_offline_forever(
+        self, interval: float = OFFLINE_REFRESH_SECONDS, timeout: float = OFFLINE_REFRESH_TIMEOUT
+    ) -> None:
+        """`refresh_offline` every `interval` seconds until cancelled; a failed refresh is
+        logged and the next one tries again."""
+        while True:
+            try:
+                await self.refresh_offline(timeout)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                log.warning("offline gauges refresh failed", error=repr(err))
+            await asyncio.sleep(interval)
+
+    def _ledger_families(self) -> Iterator[Metric]:
+        shifts = self._shifts or ShiftStats()
+        yield CounterMetricFamily(
+            "ofd_shifts_closed", "Shifts closed (CLOSE_SHIFT made durable).", value=shifts.closed
+        )
+        yield CounterMetricFamily(
+            "ofd_z_report_mismatches",
+            "Shift closes whose device Z report differed from the OFD's, or never came.",
+            value=shifts.mismatched,
+        )
+        windows_open, max_age = self._offline
+        yield GaugeMetricFamily(
+            "ofd_offline_windows_open",
+            "Devices with an open offline window (all devices in the database, refreshed"
+            f" every {OFFLINE_REFRESH_SECONDS:g} s).",
+            value=windows_open,
+        )
+        yield GaugeMetricFamily(
+            "ofd_offline_window_max_age_seconds",
+            "Age of the oldest open offline window (0: none open); a device blocks itself at 72 h.",
+            value=max_age,
+        )
 
     def _notifier_families(self) -> Iterator[Metric]:
         stats = self._notifier
@@ -318,6 +394,7 @@ class GatewayMetrics:
         yield from self._commit_families()
         yield from self._connection_families()
         yield from self._notifier_families()
+        yield from self._ledger_families()
         info = GaugeMetricFamily("ofd_gateway_info", "This gateway process.", labels=["gateway_id"])
         info.add_metric([self.gateway_id], 1)
         yield info

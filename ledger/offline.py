@@ -184,3 +184,25 @@ async def open_windows(
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineBacklog:
+    """How many offline windows are open, and the oldest one's age (zero with none open)."""
+
+    windows_open: int
+    max_age: timedelta
+
+
+async def offline_backlog(conn: Conn, *, now: datetime, timeout: float = 10.0) -> OfflineBacklog:
+    """The open windows `open_windows` lists, counted without its row limit (the partial index
+    device_state_offline keeps this one index scan); `now` is device-local, as there."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(offline_since) AS oldest FROM device_state"
+        " WHERE offline_since IS NOT NULL",
+        timeout=timeout,
+    )
+    assert row is not None  # an aggregate always returns a row
+    oldest: datetime | None = row["oldest"]
+    age = timedelta(0) if oldest is None else max(now - oldest, timedelta(0))
+    return OfflineBacklog(int(row["n"]), age)

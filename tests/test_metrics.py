@@ -3,25 +3,30 @@ devices were told; and the answer-label reader agrees with parsing the answer.""
 
 import asyncio
 import dataclasses
+import random
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import gateway_settings, register_device
 from prometheus_client.parser import text_string_to_metric_families
-from wire import ask, body, command_body, ticket
+from wire import ask, body, command_body, kkm_for, ticket
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.body import refusal_frame, response_frame
 from ingest.codec import FrameHeader, encode
-from ingest.metrics import UNREADABLE, answer_labels
+from ingest.metrics import DEVICE_UTC_OFFSET, UNREADABLE, answer_labels
 from ledger.errors import Refusal
 from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from simulators.documents import build_offline_system
 from simulators.kkm import SimulatedKkm
+from simulators.shift_model import ShiftModel
 
 DEADLINE = 10.0
+SHIFT_START = datetime(2026, 11, 26, 9, 0, 0)  # device-local, as tests/test_shift_wire.py
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -122,6 +127,61 @@ async def test_frame_errors_and_connections_are_read_from_the_server(
     assert value(samples, "ofd_frame_errors_total", transport="tcp") == 1
     assert value(samples, "ofd_connections_total") == 1
     assert value(samples, "ofd_requests_total") == 0  # not a request: it had no readable header
+
+
+async def test_a_mismatching_z_report_moves_the_mismatch_counter(
+    metered_gateway: RunningGateway, database_url: str
+) -> None:
+    """One close whose Z report agrees, one whose cash differs: two closes, one mismatch."""
+    gateway = metered_gateway
+    before = await scrape(gateway)
+    assert value(before, "ofd_shifts_closed_total") == 0
+    assert value(before, "ofd_z_report_mismatches_total") == 0
+    for seed, tamper in ((7, False), (11, True)):
+        registered = await register_device(database_url)
+        device = kkm_for(gateway, 204, registered.system_id, registered.token)
+        books = ShiftModel(
+            SCHEMAS[204], random.Random(seed), kgd_kkm_id="600000000001", start=SHIFT_START
+        )
+        for planned in books.documents(5, mode="online"):
+            assert (await device.send(planned.request)).result.result_code == ResultCode.OK
+        close, _ = books.close()
+        if tamper:
+            close.request.close_shift.z_report.cash_sum.bills += 5
+        assert (await device.send(close.request)).result.result_code == ResultCode.OK
+    after = await scrape(gateway)
+    assert value(after, "ofd_shifts_closed_total") == 2
+    assert value(after, "ofd_z_report_mismatches_total") == 1
+
+
+async def test_offline_gauges_show_a_reported_offline_period(
+    metered_gateway: RunningGateway, database_url: str
+) -> None:
+    """A SYSTEM reporting 60 hours offline opens a window: once the background refresh has
+    run, one window is open and the oldest is 60 hours old; an online receipt closes it."""
+    gateway = metered_gateway
+    await gateway.metrics.refresh_offline()
+    before = await scrape(gateway)
+    assert value(before, "ofd_offline_windows_open") == 0
+    assert value(before, "ofd_offline_window_max_age_seconds") == 0
+    registered = await register_device(database_url)
+    device = kkm_for(gateway, 204, registered.system_id, registered.token)
+    now = datetime.now(UTC).astimezone(DEVICE_UTC_OFFSET).replace(tzinfo=None, microsecond=0)
+    began = now - timedelta(hours=60)
+    answer = await device.send(build_offline_system(SCHEMAS[204], begin=began, end=now))
+    assert answer.result.result_code == ResultCode.OK
+    # The scrape reads the cached values: nothing moves until the refresh.
+    assert value(await scrape(gateway), "ofd_offline_windows_open") == 0
+    await gateway.metrics.refresh_offline()
+    samples = await scrape(gateway)
+    assert value(samples, "ofd_offline_windows_open") == 1
+    age = value(samples, "ofd_offline_window_max_age_seconds")
+    assert 60 * 3600 <= age < 60 * 3600 + DEADLINE * 6
+    assert (await device.send(ticket(204, 1))).result.result_code == ResultCode.OK
+    await gateway.metrics.refresh_offline()
+    samples = await scrape(gateway)
+    assert value(samples, "ofd_offline_windows_open") == 0
+    assert value(samples, "ofd_offline_window_max_age_seconds") == 0
 
 
 def test_metrics_are_not_served_unless_asked(tmp_path: Path) -> None:
