@@ -3,10 +3,14 @@
 Each device has its own system id, token and request number. It sends TICKET frames whose bodies
 come from a prebuilt pool (`benchmarks.bodies`), adopts the header token of every OK answer as a
 real device must (the gateway rotates it on every receipt), and sends the next request only
-when the answer to the last one is in. Two ways to connect:
+when the answer to the last one is in. Three ways to connect:
 
 - persistent: one connection per device for the whole run;
-- per-request: connect, write, read one frame, close, as the reference client does.
+- per-request: connect, write, read one frame, close, as the reference client does;
+- grpc: one gRPC channel (its own HTTP/2 connection) per device for the whole run, each request
+  a unary `ofdproto.ingest.v1.Ingest/Exchange` call with the header values in metadata; the
+  answer's come back in its initial metadata, and the answer is put together again as the TCP
+  frame it stands for, so it is checked (and its size counted) exactly as a TCP answer.
 
 The run is warm-up, then a measurement window, then a drain: only answers that arrive inside the
 window count towards throughput and latency, and a `WindowProbe` is called at the window's edges
@@ -14,10 +18,14 @@ so the caller can read the server's CPU over exactly that time. Every answer tha
 every broken link and every answer that does not match its request is counted; a valid run has
 none of them.
 
+A gRPC call that fails (any status but OK) is a broken link: the protocol's answers, refusals
+included, always come with status OK.
+
 Persistent mode is driven by protocol callbacks rather than coroutines, to keep the client's
 own cost per request low: on this 2-core machine the client shares the CPU with the server.
 
     python -m benchmarks.load --port P [--mode persistent] [--devices 64] [--seconds 8]
+        (--mode grpc: P is the gateway's --grpc-port, or a `benchmarks.grpc_echo_floor`'s)
         [--control HOST:PORT]   register fresh devices there (a gateway); else ids 1..D, token 1
 """
 
@@ -32,16 +40,26 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, cast, get_args
 
+import grpc
+import grpc.aio
 import uvloop
 from google.protobuf.message import DecodeError
 
 from benchmarks.bodies import RequestPool, build_pool
 from ingest.codec import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, encode
+from ingest.grpc_ingest import ID_KEY, REQUEST_NUMBER_KEY, SERVICE, TOKEN_KEY, VERSION_KEY
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ofdproto.ingest.v1 import ingest_pb2 as pb
 
-Mode = Literal["persistent", "per-request"]
+Mode = Literal["persistent", "per-request", "grpc"]
 MODES: tuple[Mode, ...] = get_args(Mode)
+TCP_MODES: tuple[Mode, ...] = ("persistent", "per-request")
+EXCHANGE = f"/{SERVICE}/Exchange"
+CALL_TIMEOUT = 10.0  # seconds one gRPC call may take before it counts as a broken link
+# A channel of its own per device: without a local subchannel pool, channels to one address
+# share one connection and the devices would be multiplexed on it.
+CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 MAX_REQUEST_NUMBER = 0xFFFF
 DRAIN_TIMEOUT = 5.0  # seconds the in-flight requests get to finish after the window
 CONNECT_TIMEOUT = 5.0
@@ -125,6 +143,17 @@ class _Device:
         self.request_number = (self.request_number + 1) & MAX_REQUEST_NUMBER
         body = self.pool.body(self.sequence)
         return encode(self.version, self.system_id, self.token, self.request_number, body)
+
+    def next_call(self) -> tuple[pb.Frame, tuple[tuple[str, str], ...]]:
+        """The next request as a gRPC Exchange: the body, and the header values as metadata."""
+        self.request_number = (self.request_number + 1) & MAX_REQUEST_NUMBER
+        metadata = (
+            (ID_KEY, str(self.system_id)),
+            (TOKEN_KEY, str(self.token)),
+            (REQUEST_NUMBER_KEY, str(self.request_number)),
+            (VERSION_KEY, str(self.version)),
+        )
+        return pb.Frame(body=self.pool.body(self.sequence)), metadata
 
     def accept(self, raw: bytes, started_ns: int, rec: _Recorder) -> None:
         """Checks one answer frame against the last request and records it."""
@@ -311,6 +340,41 @@ async def _per_request_device(device: _Device, run: _Run) -> None:
         device.accept(raw, started, rec)
 
 
+def _answer_frame(answer: pb.Frame, metadata: grpc.aio.Metadata | None) -> bytes:
+    """The TCP frame an Exchange answer stands for; ValueError when its metadata is not whole."""
+    values = dict(metadata or ())
+    try:
+        version, device_id, token, number = (
+            int(values[key]) for key in (VERSION_KEY, ID_KEY, TOKEN_KEY, REQUEST_NUMBER_KEY)
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"answer metadata {values!r}") from err
+    return encode(version, device_id, token, number, answer.body)
+
+
+async def _grpc_device(device: _Device, run: _Run, channel: grpc.aio.Channel) -> None:
+    rec = run.rec
+    exchange = channel.unary_unary(
+        EXCHANGE,
+        request_serializer=pb.Frame.SerializeToString,
+        response_deserializer=pb.Frame.FromString,
+    )
+    while run.sending:
+        request, metadata = device.next_call()
+        started = time.perf_counter_ns()
+        call = exchange(request, metadata=metadata, timeout=CALL_TIMEOUT)
+        try:
+            answer = await call
+            raw = _answer_frame(answer, await call.initial_metadata())
+        except grpc.aio.AioRpcError:
+            rec.link_errors += 1
+            continue
+        except ValueError:
+            rec.bad_answers += 1
+            continue
+        device.accept(raw, started, rec)
+
+
 async def _connect_all(run: _Run, protocols: list[_PersistentDevice]) -> None:
     """One connection per device; if any fails, those that were made are closed again."""
     host, port = run.config.host, run.config.port
@@ -391,9 +455,23 @@ async def run_load(config: LoadConfig, probe: WindowProbe | None = None) -> Load
     devices = [_Device(key, config.pool) for key in config.devices]
     protocols: list[_PersistentDevice] = []
     tasks: list[asyncio.Task[None]] = []
+    channels: list[grpc.aio.Channel] = []
     if config.mode == "persistent":
         protocols = [_PersistentDevice(device, run) for device in devices]
         await _connect_all(run, protocols)
+    elif config.mode == "grpc":
+        target = f"{config.host}:{config.port}"
+        channels = [grpc.aio.insecure_channel(target, CHANNEL_OPTIONS) for _ in devices]
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        except BaseException:
+            await asyncio.gather(*(channel.close() for channel in channels))
+            raise
+        tasks = [
+            asyncio.create_task(_grpc_device(d, run, c), name=f"device-{d.system_id}")
+            for d, c in zip(devices, channels, strict=True)
+        ]
     else:
         tasks = [
             asyncio.create_task(_per_request_device(d, run), name=f"device-{d.system_id}")
@@ -411,6 +489,7 @@ async def run_load(config: LoadConfig, probe: WindowProbe | None = None) -> Load
         probe.end()
     run.sending = False
     unfinished = await (_drain_persistent(run, protocols) if protocols else _drain_tasks(tasks))
+    await asyncio.gather(*(channel.close() for channel in channels))
     return _summary(config, run, window_s, cpu_s, unfinished)
 
 

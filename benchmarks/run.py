@@ -3,10 +3,12 @@
     python -m benchmarks.run [--devices 64] [--seconds 8] [--warmup 1]
                              [--modes persistent,per-request] [--out bench-results/ingest.json]
 
-For each mode, in one run: the echo floor (same transport and codec, no work) is started, loaded
-and stopped; then a gateway on the embedded default (`ofd serve` with a fresh data directory, so
+For each mode, in one run: the echo floor (same transport and codec, no work; for the grpc mode
+`benchmarks.grpc_echo_floor`, the same gRPC server and Exchange call) is started, loaded and
+stopped; then a gateway on the embedded default (`ofd serve` with a fresh data directory, so
 PostgreSQL from pgserver and the local journal) is started, a fleet is registered through its
-control API, the same load is run and the gateway is stopped. Floor and gateway get the same
+control API, the same load is run (in the grpc mode, against the gateway's gRPC ingest port) and
+the gateway is stopped. Floor and gateway get the same
 generator, devices and request bodies, so their ratio says what the gateway's work costs on this
 machine, whatever the machine. Server CPU is read from /proc over the measurement window only;
 the embedded PostgreSQL's CPU is reported apart from the gateway's.
@@ -45,6 +47,7 @@ from benchmarks.servers import (
     free_ports,
     start_echo_floor,
     start_gateway,
+    start_grpc_echo_floor,
     stop,
 )
 from simulators.processes import postmaster_pids
@@ -92,13 +95,14 @@ def _measure(
     target: str,
     server: ServerProcess,
     *,
+    port: int,
     keys: tuple[DeviceKey, ...],
     pool: RequestPool,
     mode: Mode,
     bench: BenchConfig,
 ) -> Measurement:
     probe = ServerProbe(server)
-    config = LoadConfig(HOST, server.port, mode, keys, pool, bench.warmup, bench.seconds)
+    config = LoadConfig(HOST, port, mode, keys, pool, bench.warmup, bench.seconds)
     load = uvloop.run(run_load(config, probe))
     n = load.requests
 
@@ -125,22 +129,30 @@ def _measure(
 
 def _floor(mode: Mode, bench: BenchConfig, pool: RequestPool, run_dir: Path) -> Measurement:
     (port,) = free_ports(1)
-    server = start_echo_floor(run_dir / f"floor-{mode}.log", port, bench.version)
+    start = start_grpc_echo_floor if mode == "grpc" else start_echo_floor
+    server = start(run_dir / f"floor-{mode}.log", port, bench.version)
     try:
         # The floor checks nothing: any ids do, and the token it echoes never changes.
         keys = tuple(DeviceKey(n, 1) for n in range(1, bench.devices + 1))
-        return _measure("floor", server, keys=keys, pool=pool, mode=mode, bench=bench)
+        return _measure(
+            "floor", server, port=server.port, keys=keys, pool=pool, mode=mode, bench=bench
+        )
     finally:
         stop(server)
 
 
 def _gateway(mode: Mode, bench: BenchConfig, pool: RequestPool, run_dir: Path) -> Measurement:
-    port, control_port = free_ports(2)
+    port, control_port, grpc_port = free_ports(3)
+    if mode != "grpc":
+        grpc_port = 0  # gRPC ingest off: the TCP modes measure the gateway they always did
     data_dir = run_dir / f"g-{mode}"
-    server = start_gateway(data_dir, port, control_port, secrets.token_hex(32))
+    server = start_gateway(data_dir, port, control_port, secrets.token_hex(32), grpc_port)
     try:
         keys = register_devices(f"{HOST}:{control_port}", bench.devices, server.control_key)
-        return _measure("gateway", server, keys=keys, pool=pool, mode=mode, bench=bench)
+        load_port = grpc_port or server.port
+        return _measure(
+            "gateway", server, port=load_port, keys=keys, pool=pool, mode=mode, bench=bench
+        )
     finally:
         stop(server)
 

@@ -1,7 +1,7 @@
-"""The servers under test as subprocesses: the echo floor and the gateway on the embedded default.
+"""The servers under test as subprocesses: the echo floors and the gateway on the embedded default.
 
 Starting, waiting and stopping are simulators/processes.py's; this adds free fixed ports and the
-echo floor.
+echo floors (TCP and gRPC).
 """
 
 import socket
@@ -16,7 +16,14 @@ HOST = "127.0.0.1"
 # cannot take them, and a scan finds ones nobody else holds.
 PORT_RANGE = range(17801, 17900)
 
-__all__ = ["ServerProcess", "free_ports", "start_echo_floor", "start_gateway", "stop"]
+__all__ = [
+    "ServerProcess",
+    "free_ports",
+    "start_echo_floor",
+    "start_gateway",
+    "start_grpc_echo_floor",
+    "stop",
+]
 
 
 def free_ports(count: int) -> list[int]:
@@ -34,10 +41,10 @@ def free_ports(count: int) -> list[int]:
     raise ServerFailed(f"fewer than {count} free ports in {PORT_RANGE.start}-{PORT_RANGE.stop}")
 
 
-def start_echo_floor(log_path: Path, port: int, version: int) -> ServerProcess:
+def _start_floor(name: str, module: str, log_path: Path, port: int, version: int) -> ServerProcess:
     server = spawn(
-        "echo floor",
-        [sys.executable, "-m", "benchmarks.echo_floor", "--host", HOST, "--port", str(port),
+        name,
+        [sys.executable, "-m", module, "--host", HOST, "--port", str(port),
          "--version", str(version)],
         log_path,
     )  # fmt: skip
@@ -45,8 +52,27 @@ def start_echo_floor(log_path: Path, port: int, version: int) -> ServerProcess:
     return server
 
 
-def start_gateway(data_dir: Path, port: int, control_port: int, secret_hex: str) -> ServerProcess:
-    """`ofd serve` on the embedded default: no --database-url, PostgreSQL in data_dir/pg."""
+def start_echo_floor(log_path: Path, port: int, version: int) -> ServerProcess:
+    return _start_floor("echo floor", "benchmarks.echo_floor", log_path, port, version)
+
+
+def start_grpc_echo_floor(log_path: Path, port: int, version: int) -> ServerProcess:
+    return _start_floor("grpc echo floor", "benchmarks.grpc_echo_floor", log_path, port, version)
+
+
+def start_gateway(
+    data_dir: Path, port: int, control_port: int, secret_hex: str, grpc_port: int = 0
+) -> ServerProcess:
+    """`ofd serve` on the embedded default: no --database-url, PostgreSQL in data_dir/pg;
+    gRPC device ingest on `grpc_port` unless it is 0."""
+    grpc_args = ("--grpc-port", str(grpc_port)) if grpc_port else ()
     return start_gateway_process(
-        data_dir, "--host", HOST, "--secret-hex", secret_hex, port=port, control_port=control_port
+        data_dir,
+        "--host",
+        HOST,
+        "--secret-hex",
+        secret_hex,
+        *grpc_args,
+        port=port,
+        control_port=control_port,
     )

@@ -15,7 +15,8 @@ from conftest import register_device
 
 from benchmarks.bodies import build_pool, ticket_ok_body
 from benchmarks.echo_floor import EchoProtocol
-from benchmarks.load import MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
+from benchmarks.grpc_echo_floor import start as start_grpc_floor
+from benchmarks.load import MODES, TCP_MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
 from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, sample
 from benchmarks.report import Measurement, document, ratios, table
 from ingest.app import RunningGateway
@@ -36,6 +37,15 @@ async def floor_port() -> AsyncIterator[int]:
         server.close()
 
 
+@pytest.fixture
+async def grpc_floor_port() -> AsyncIterator[int]:
+    server, port = await start_grpc_floor("127.0.0.1", 0, ticket_ok_body(POOL))
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
 def _check_well_formed(result: LoadResult, mode: Mode, devices: int) -> None:
     assert result.valid, result
     assert result.mode == mode
@@ -48,12 +58,24 @@ def _check_well_formed(result: LoadResult, mode: Mode, devices: int) -> None:
     assert result.answer_bytes_mean > 18
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", TCP_MODES)
 async def test_load_against_echo_floor(floor_port: int, mode: Mode) -> None:
     keys = (DeviceKey(1, 7), DeviceKey(2, 7), DeviceKey(3, 7))
     result = await run_load(LoadConfig("127.0.0.1", floor_port, mode, keys, POOL, **SHORT))
     _check_well_formed(result, mode, 3)
     assert result.answer_bytes_mean == 18 + len(ticket_ok_body(POOL))
+
+
+async def test_grpc_load_against_grpc_echo_floor(grpc_floor_port: int) -> None:
+    keys = (DeviceKey(1, 7), DeviceKey(2, 7), DeviceKey(3, 7))
+    config = LoadConfig("127.0.0.1", grpc_floor_port, "grpc", keys, POOL, **SHORT)
+    result = await run_load(config)
+    _check_well_formed(result, "grpc", 3)
+    assert result.answer_bytes_mean == 18 + len(ticket_ok_body(POOL))
+
+
+def test_every_mode_is_tcp_or_grpc() -> None:
+    assert set(MODES) == {*TCP_MODES, "grpc"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -62,7 +84,9 @@ async def test_load_against_gateway_is_all_ok(
 ) -> None:
     devices = [await register_device(database_url) for _ in range(2)]
     keys = tuple(DeviceKey(d.system_id, d.token) for d in devices)
-    result = await run_load(LoadConfig("127.0.0.1", gateway.tcp.port, mode, keys, POOL, **SHORT))
+    port = gateway.grpc_port if mode == "grpc" else gateway.tcp.port
+    assert port is not None
+    result = await run_load(LoadConfig("127.0.0.1", port, mode, keys, POOL, **SHORT))
     _check_well_formed(result, mode, 2)
 
 
