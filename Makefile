@@ -40,6 +40,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.layers
+	$(BIN)/python -m benchmarks.kafka_producer
 	$(BIN)/python -m benchmarks.cost_model
 	$(BIN)/python -m benchmarks.warehouse
 

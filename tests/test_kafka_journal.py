@@ -24,7 +24,6 @@ import asyncpg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from conftest import gateway_settings, register_device
-from kafka_broker import TansuBroker
 
 from ingest.app import running_gateway
 from ingest.cli import EXIT_USAGE, main
@@ -37,6 +36,7 @@ from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
+from simulators.tansu import TansuBroker
 
 PARTITIONS = 4
 VERSION = 203

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from conftest import gateway_settings, register_device
-from kafka_broker import TansuBroker
 
 from ingest.app import running_gateway
 from ledger.kafka_journal import KafkaSettings, ensure_topic
@@ -32,6 +31,7 @@ from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
+from simulators.tansu import TansuBroker
 
 VERSION = 204
 PARTITIONS = 2
