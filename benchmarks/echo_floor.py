@@ -15,8 +15,8 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
 
 import uvloop
 
@@ -83,15 +83,24 @@ async def serve(host: str, port: int, answer: bytes) -> None:
     print("echo floor stopped", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.echo_floor")
+def floor_main(
+    prog: str,
+    serve_floor: Callable[[str, int, bytes], Coroutine[Any, Any, None]],
+    argv: Sequence[str] | None,
+) -> int:
+    """The command line every echo floor shares: where to listen and which version to answer."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--version", type=int, choices=(203, 204), default=203)
     args = parser.parse_args(argv)
     answer = ticket_ok_body(build_pool(args.version, size=1))
-    uvloop.run(serve(args.host, args.port, answer))
+    uvloop.run(serve_floor(args.host, args.port, answer))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return floor_main("python -m benchmarks.echo_floor", serve, argv)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ Prints `grpc echo floor ready tcp=HOST:PORT answer_bytes=N` once listening (the 
 `simulators.processes` reads); stops on SIGTERM or SIGINT.
 """
 
-import argparse
 import asyncio
 import signal
 from collections.abc import Sequence
 
 import grpc
 import grpc.aio
-import uvloop
 
-from benchmarks.bodies import build_pool, ticket_ok_body
+from benchmarks.echo_floor import floor_main
 from ingest.grpc_ingest import HEADER_KEYS, SERVER_OPTIONS, SERVICE
 from ofdproto.ingest.v1 import ingest_pb2 as pb
 
@@ -81,14 +79,7 @@ async def serve(host: str, port: int, answer: bytes) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc_echo_floor")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--version", type=int, choices=(203, 204), default=203)
-    args = parser.parse_args(argv)
-    answer = ticket_ok_body(build_pool(args.version, size=1))
-    uvloop.run(serve(args.host, args.port, answer))
-    return 0
+    return floor_main("python -m benchmarks.grpc_echo_floor", serve, argv)
 
 
 if __name__ == "__main__":
