@@ -27,7 +27,7 @@ from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
 from ingest.notifications import Notify, no_notify
 from ingest.prepare import needs_preparing, prepare
 from ingest.software import SoftwareSeen
-from ledger.device_state import DeviceState, ShiftReport
+from ledger.device_state import DeviceState, RegInfo, ShiftReport
 from ledger.errors import Refusal, SinkError, StateConflict
 from ledger.fiscal import next_token
 from ledger.group_commit import GroupCommitter
@@ -297,7 +297,9 @@ class Pipeline:
         new_state = next_state(
             state, header=header, command=command, token=token, answer=answer, outcome=outcome
         )
-        entry = self._journal_entry(frame, command, answer, outcome, received_at_us)
+        entry = self._journal_entry(
+            frame, command, answer, outcome, received_at_us=received_at_us, reg=state.reg
+        )
         await self._committer.commit(state.version, new_state, entry)
         self._remember(new_state)
         await self._software.observe(header.device_id, request)
@@ -339,7 +341,14 @@ class Pipeline:
         )
 
     def _journal_entry(
-        self, frame: Frame, command: int, answer: bytes, outcome: Outcome, received_at_us: int
+        self,
+        frame: Frame,
+        command: int,
+        answer: bytes,
+        outcome: Outcome,
+        *,
+        received_at_us: int,
+        reg: RegInfo,
     ) -> JournalEntry | None:
         document = outcome.document
         if document is None:
@@ -362,5 +371,7 @@ class Pipeline:
             ),
             response_frame=answer,
             is_offline=document.offline,
+            organization_id=reg.organization_id,
+            trade_point_id=reg.trade_point_id,
         )
         return JournalEntry(header.device_id, record.SerializeToString())

@@ -26,6 +26,10 @@ class RegInfo:
     point_address_kz: str
     latitude: int
     longitude: int
+    # Registry keys, carried into every journal record so the warehouse can group by them as
+    # they were when the document arrived (a device may later move to another trade point).
+    organization_id: int = 0
+    trade_point_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

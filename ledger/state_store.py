@@ -28,7 +28,7 @@ SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.mode
        o.title AS org_title, o.address AS org_address, o.address_kz AS org_address_kz,
        o.iin AS org_iin, o.oked AS org_oked,
        p.title AS point_title, p.address AS point_address, p.address_kz AS point_address_kz,
-       p.latitude, p.longitude,
+       p.latitude, p.longitude, o.id AS organization_id, p.id AS trade_point_id,
        s.version, s.token, s.last_request_number, s.last_request_token, s.last_command,
        s.last_response, s.shift_number, s.shift_open, s.last_document_shift,
        s.last_document_number, s.documents_accepted, s.protocol_version, s.last_contact,
@@ -94,6 +94,8 @@ def _state_from_row(row: asyncpg.Record) -> DeviceState:
         point_address_kz=row["point_address_kz"],
         latitude=row["latitude"],
         longitude=row["longitude"],
+        organization_id=row["organization_id"],
+        trade_point_id=row["trade_point_id"],
     )
     tally, blob = _tally_from_row(row)
     return DeviceState(

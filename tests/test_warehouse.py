@@ -234,7 +234,7 @@ def test_service_answers_queries_while_loading_and_survives_sigkill(data_dir: Pa
 
 def test_readonly_sql_refuses_writes(warehouse: Warehouse) -> None:
     for sql in (
-        f"INSERT INTO {DB}.devices VALUES (1, 'x', now())",
+        f"INSERT INTO {DB}.daily_trade_point VALUES (today(), 1, 1, 1, 0, 1, 1)",
         f"SELECT 1; DROP TABLE {DB}.documents",
         "SELECT 1 SETTINGS readonly = 0",
         "SELECT 1 INTO OUTFILE '/tmp/x'",

@@ -4,10 +4,12 @@ device's Z report beside the OFD's), in both protocol versions."""
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from conftest import register_device
 
 from ingest.app import RunningGateway
+from ledger import registry
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.backends import open_warehouse
@@ -85,5 +87,59 @@ async def test_documents_of_a_shift_land_in_their_tables(
         assert [r["kind"] for r in zx] == ["Z"]
         cash = run_report(warehouse, "receipts", {"device": sid, "shift": 1})
         assert [r["number"] for r in cash] in ([1, 2, 3], ["1", "2", "3"])
+    finally:
+        warehouse.close()
+
+
+async def test_revenue_per_trade_point_follows_a_device_that_moved(
+    gateway: RunningGateway, database_url: str, tmp_path: Path
+) -> None:
+    """The journal record carries the trade point the device stood in when each receipt
+    arrived: a device re-registered to another point keeps its earlier revenue where it was made."""
+    device = await register_device(database_url)
+    sid = device.system_id
+    kkm = SimulatedKkm(
+        "127.0.0.1", gateway.tcp.port, version=204, system_id=sid, token=device.token
+    )
+    schema = SCHEMAS[204]
+
+    async def sell(number: int, price: int) -> None:
+        ticket = build_ticket(
+            schema, when=START + timedelta(minutes=number), shift_number=1,
+            document_number=number, lines=[Line("Сүт", "1", 1000, price)], payment="cash",
+        )  # fmt: skip
+        assert (await kkm.send(ticket)).result.result_code == ResultCode.OK
+
+    await sell(1, 10_000)
+    await sell(2, 20_000)
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = (await registry.get_device(conn, sid)).trade_point_id
+        org = await registry.organization_of_device(conn, sid)
+        assert org is not None
+        second = await registry.add_trade_point(
+            conn, registry.TradePoint(0, org, "Дүкен 2", "Абай 2", "Абай 2", 43238949, 76889709)
+        )
+        for status in ("awaiting_deregistration", "deregistered"):
+            await registry.transition(conn, sid, status)
+        await registry.transition(conn, sid, "awaiting_registration", trade_point_id=second.id)
+        await registry.transition(conn, sid, "registered")
+    finally:
+        await conn.close()
+    await sell(3, 40_000)
+    await kkm.close()
+
+    warehouse = open_warehouse(path=tmp_path / "warehouse")
+    try:
+        assert sum(Loader(warehouse, lambda: local_sources(tmp_path / "journal")).drain()) == 3
+        rows = warehouse.select(
+            "SELECT organization_id, trade_point_id, sum(receipts) AS n, sum(revenue) AS r"
+            f" FROM ofd.daily_trade_point WHERE organization_id = {org}"
+            " GROUP BY organization_id, trade_point_id ORDER BY trade_point_id"
+        )
+        assert [(int(r["trade_point_id"]), int(r["n"]), int(r["r"])) for r in rows] == [
+            (first, 2, 30_000),
+            (second.id, 1, 40_000),
+        ]
     finally:
         warehouse.close()

@@ -49,6 +49,8 @@ def _empty_row(record: JournalRecord, loaded_at_us: int) -> Row:
     return {
         "device_id": record.device_id,
         "document_id": record.document_id,
+        "organization_id": record.organization_id,
+        "trade_point_id": record.trade_point_id,
         "command": record.command,
         "protocol_version": record.protocol_version,
         "gateway_id": record.gateway_id,

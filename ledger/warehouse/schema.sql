@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS {db}.documents
 (
     device_id UInt32,
     document_id String,
+    organization_id UInt64,
+    trade_point_id UInt64,
     command UInt8,
     protocol_version UInt16,
     gateway_id LowCardinality(String),
@@ -262,24 +264,29 @@ SELECT toDate(document_time) AS day, device_id, tax_type, percent,
        sum(tax * multiIf(operation IN (1, 2), 1, -1)) AS tax
 FROM {db}.receipt_taxes GROUP BY day, device_id, tax_type, percent
 ;
--- Which trade point each device stands in; filled from the registry by whoever knows it.
-CREATE TABLE IF NOT EXISTS {db}.devices
+-- Daily revenue per trade point, as the registry placed each device when its receipt arrived
+-- (the journal record carries it): a device moved to another point keeps its history where it
+-- was made. Point 0: records from before the envelope carried it.
+CREATE TABLE IF NOT EXISTS {db}.daily_trade_point
 (
-    device_id UInt32,
-    trade_point String,
-    updated_at DateTime64(6, 'UTC')
+    day Date,
+    organization_id UInt64,
+    trade_point_id UInt64,
+    receipts UInt64,
+    offline_receipts UInt64,
+    revenue Int64,
+    sales Int64
 )
-ENGINE = ReplacingMergeTree(updated_at)
-ORDER BY device_id
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (organization_id, trade_point_id, day)
+SETTINGS non_replicated_deduplication_window = 1000
 ;
-CREATE VIEW IF NOT EXISTS {db}.daily_trade_point AS
-SELECT d.day AS day, if(p.trade_point = '', 'unknown', p.trade_point) AS trade_point,
-       sum(d.receipts) AS receipts, sum(d.offline_receipts) AS offline_receipts,
-       sum(d.revenue) AS revenue
-FROM {db}.daily_device AS d
-LEFT JOIN (SELECT device_id, argMax(trade_point, updated_at) AS trade_point
-           FROM {db}.devices GROUP BY device_id) AS p ON p.device_id = d.device_id
-GROUP BY day, trade_point
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.daily_trade_point_mv TO {db}.daily_trade_point AS
+SELECT toDate(document_time) AS day, organization_id, trade_point_id, count() AS receipts,
+       countIf(offline = 1) AS offline_receipts, sum(revenue) AS revenue,
+       sumIf(total, operation = 2) AS sales
+FROM {db}.documents WHERE command = 1 GROUP BY day, organization_id, trade_point_id
 ;
 CREATE VIEW IF NOT EXISTS {db}.offline_share AS
 SELECT day, device_id, sum(d.receipts) AS receipts, sum(d.offline_receipts) AS offline_receipts,

@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JournalRecord(_message.Message):
-    __slots__ = ("envelope_version", "device_id", "protocol_version", "received_at_us", "gateway_id", "command", "request_number", "token", "document_id", "fiscal_sign", "request_frame", "response_frame", "is_offline")
+    __slots__ = ("envelope_version", "device_id", "protocol_version", "received_at_us", "gateway_id", "command", "request_number", "token", "document_id", "fiscal_sign", "request_frame", "response_frame", "is_offline", "organization_id", "trade_point_id")
     ENVELOPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class JournalRecord(_message.Message):
     REQUEST_FRAME_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FRAME_FIELD_NUMBER: _ClassVar[int]
     IS_OFFLINE_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_ID_FIELD_NUMBER: _ClassVar[int]
     envelope_version: int
     device_id: int
     protocol_version: int
@@ -32,4 +34,6 @@ class JournalRecord(_message.Message):
     request_frame: bytes
     response_frame: bytes
     is_offline: bool
-    def __init__(self, envelope_version: _Optional[int] = ..., device_id: _Optional[int] = ..., protocol_version: _Optional[int] = ..., received_at_us: _Optional[int] = ..., gateway_id: _Optional[str] = ..., command: _Optional[int] = ..., request_number: _Optional[int] = ..., token: _Optional[int] = ..., document_id: _Optional[str] = ..., fiscal_sign: _Optional[str] = ..., request_frame: _Optional[bytes] = ..., response_frame: _Optional[bytes] = ..., is_offline: _Optional[bool] = ...) -> None: ...
+    organization_id: int
+    trade_point_id: int
+    def __init__(self, envelope_version: _Optional[int] = ..., device_id: _Optional[int] = ..., protocol_version: _Optional[int] = ..., received_at_us: _Optional[int] = ..., gateway_id: _Optional[str] = ..., command: _Optional[int] = ..., request_number: _Optional[int] = ..., token: _Optional[int] = ..., document_id: _Optional[str] = ..., fiscal_sign: _Optional[str] = ..., request_frame: _Optional[bytes] = ..., response_frame: _Optional[bytes] = ..., is_offline: _Optional[bool] = ..., organization_id: _Optional[int] = ..., trade_point_id: _Optional[int] = ...) -> None: ...
