@@ -211,7 +211,7 @@ async def _drain(tcp: TcpServer) -> None:
 
 async def serve(settings: Settings) -> None:
     """`ofd serve`: runs until SIGINT or SIGTERM, printing one ready line for scripts."""
-    configure_logging()
+    configure_logging(settings.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

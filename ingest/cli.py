@@ -48,6 +48,7 @@ from ingest.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_GRPC_PORT,
     DEFAULT_TCP_PORT,
+    LOG_LEVELS,
     Settings,
     default_gateway_id,
     load_secret,
@@ -83,6 +84,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         kafka=_kafka_from(args),
         mqtt_url=args.mqtt_url or None,
         offline_alert_seconds=args.offline_alert_seconds,
+        log_level=args.log_level,
     )
 
 
@@ -234,6 +236,12 @@ def _add_serve(sub: Any) -> None:
         type=float,
         default=float(_env("OFD_OFFLINE_ALERT_SECONDS", str(6 * 3600))),
         help="notify when a device is silent this long (with --mqtt-url)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env("OFD_LOG_LEVEL", "info"),
+        help="JSON logs on stderr; debug adds a line per answered request",
     )
     serve.set_defaults(run=_run_serve)
 

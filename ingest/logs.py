@@ -1,7 +1,8 @@
 """Structured JSON logs (structlog), one event per line, for machines first.
 
 Request-level events carry device_id and request_number so that one device's story can be
-followed through a gateway's log.
+followed through a gateway's log: every refusal and failure at info and above, every answered
+request at debug (thousands a second would drown an info log).
 """
 
 import logging
@@ -10,7 +11,8 @@ import sys
 import structlog
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(level: str = "info") -> None:
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -19,7 +21,7 @@ def configure_logging(level: int = logging.INFO) -> None:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(ensure_ascii=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -111,6 +111,22 @@ def next_state(
     )
 
 
+def _refused(header: FrameHeader, command: int, refusal: Refusal) -> bytes:
+    """The refusal's answer frame, logged: a wrong token, a stale number or a bad receipt is
+    what an operator searches the log for, by device and request number."""
+    log.info(
+        "request refused",
+        device_id=header.device_id,
+        request_number=header.request_number,
+        version=header.version,
+        command=command,
+        result=int(refusal.code),
+        result_name=refusal.code.name,
+        reason=refusal.text,
+    )
+    return refusal_frame(header, command, refusal)
+
+
 def _window_start(since: datetime | None, change: OfflineWrite) -> datetime | None:
     """The open offline window's start once `change` is written (as ledger/offline.py's SQL)."""
     if change.close:
@@ -197,7 +213,7 @@ class Pipeline:
         try:
             request = parse_request(schema, frame.body)
         except Refusal as refusal:
-            return refusal_frame(header, 0, refusal)
+            return _refused(header, 0, refusal)
         command = int(request.command)
         await self._locks.acquire(header.device_id)
         try:
@@ -207,7 +223,7 @@ class Pipeline:
                 except StateConflict:
                     self.forget(header.device_id)
                 except Refusal as refusal:
-                    return refusal_frame(header, command, refusal)
+                    return _refused(header, command, refusal)
                 except SinkError as err:
                     # The batch may or may not have committed: only a fresh read can tell.
                     self.forget(header.device_id)
@@ -218,11 +234,11 @@ class Pipeline:
                         error=str(err),
                     )
                     unavailable = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, str(err))
-                    return refusal_frame(header, command, unavailable)
+                    return refusal_frame(header, command, unavailable)  # logged just above
         finally:
             self._locks.release(header.device_id)
         busy = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "device state kept changing")
-        return refusal_frame(header, command, busy)
+        return _refused(header, command, busy)
 
     async def _load(self, device_id: int) -> DeviceState | None:
         try:
@@ -268,6 +284,12 @@ class Pipeline:
         verdict, state = await self._evaluate(header, command)
         if verdict is Verdict.RETRY:
             assert state.last_response is not None  # stored with every accepted request
+            log.debug(
+                "retry answered as before",
+                device_id=header.device_id,
+                request_number=header.request_number,
+                command=command,
+            )
             return state.last_response
         prepared = None
         if needs_preparing(command, request):
@@ -302,6 +324,14 @@ class Pipeline:
         )
         await self._committer.commit(state.version, new_state, entry)
         self._remember(new_state)
+        log.debug(
+            "request answered",
+            device_id=header.device_id,
+            request_number=header.request_number,
+            version=header.version,
+            command=command,
+            document_id=None if outcome.document is None else outcome.document.document_id,
+        )
         await self._software.observe(header.device_id, request)
         if state.protocol_version is not None and state.protocol_version != header.version:
             self.on_event(

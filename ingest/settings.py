@@ -20,6 +20,7 @@ DEFAULT_CONTROL_PORT = 7778
 DEFAULT_GRPC_PORT = 7780
 SECRET_BYTES = 32
 DEFAULT_GATEWAY_ID = "gw1"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,12 @@ class Settings:
     offline_alert_seconds: float = 6 * 3600.0
     # How often the offline / long-shift scan runs (with mqtt_url only).
     alert_scan_seconds: float = 60.0
+    # "debug" adds one line per answered request; "info" logs refusals and failures only.
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def journal_dir(self) -> Path:

@@ -6,6 +6,7 @@ fails, not skips, when it is down: `make test` promises tests against the real t
 """
 
 import asyncio
+import logging
 import os
 import secrets
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.commands import FiscalSettings
@@ -27,6 +29,10 @@ from ledger.migrate import migrate
 pytest_plugins = ["kafka_broker"]
 PG_SERVER = os.environ.get("OFD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 TEST_SECRET = bytes(range(32))
+
+# In-process gateways log at info, as `ofd serve` does by default: structlog's unconfigured
+# default prints debug too, a line per request (tests/test_logs.py checks `ofd serve`'s own).
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 
 def _dsn(database: str) -> str:

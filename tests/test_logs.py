@@ -1,0 +1,67 @@
+"""The JSON log of a running `ofd serve`: every line is one JSON object, and the lines about a
+request name its device and request number (refusals at info, every answer at debug)."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import register_device
+from wire import ask, body, ticket
+
+from ingest.codec import encode
+from ledger.results import ResultCode
+from simulators.processes import ServerProcess, start_gateway, stop
+
+VERSION = 204
+WRONG_TOKEN_OFFSET = 1
+
+
+def _serve(data_dir: Path, database_url: str, level: str) -> ServerProcess:
+    return start_gateway(
+        data_dir, "--database-url", database_url, "--log-level", level,
+        log_path=data_dir / "gateway.log",
+    )  # fmt: skip
+
+
+def _events(log_path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of the log (the ready line and pgserver chatter are not JSON)."""
+    out = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+async def test_request_lines_carry_device_and_request_number(
+    tmp_path: Path, database_url: str, level: str
+) -> None:
+    device = await register_device(database_url)
+    sid = device.system_id
+    server = await asyncio.to_thread(_serve, tmp_path, database_url, level)
+    try:
+        good = encode(VERSION, sid, device.token, 1, body(ticket(VERSION, 1)))
+        assert (await ask(server.port, good)).code == ResultCode.OK
+        wrong = device.token + WRONG_TOKEN_OFFSET
+        bad = encode(VERSION, sid, wrong, 2, body(ticket(VERSION, 2)))
+        assert (await ask(server.port, bad)).code == ResultCode.INVALID_TOKEN
+        # A retry of the first request, answered from the stored answer.
+        assert (await ask(server.port, good)).code == ResultCode.OK
+    finally:
+        await asyncio.to_thread(stop, server)
+    events = _events(tmp_path / "gateway.log")
+    assert events, "the gateway wrote no JSON log lines"
+    assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
+    mine = [e for e in events if e.get("device_id") == sid]
+    refused = [e for e in mine if e["event"] == "request refused"]
+    assert [(e["request_number"], e["result"], e["result_name"]) for e in refused] == [
+        (2, int(ResultCode.INVALID_TOKEN), "INVALID_TOKEN")
+    ]
+    assert refused[0]["level"] == "info"
+    answered = [(e["event"], e["request_number"]) for e in mine if e["level"] == "debug"]
+    if level == "debug":
+        assert answered == [("request answered", 1), ("retry answered as before", 1)]
+    else:
+        assert answered == []
