@@ -21,6 +21,7 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_commit_conflicts_total                              changes that lost a concurrent update
     ofd_shed_total{policy}                                  requests shed (answered 254 at once)
     ofd_journal_appends_total                               documents the journal acknowledged
+    ofd_journal_lag_changes / _seconds                      changes not yet durable; oldest's wait
     ofd_connections_active / _total / _refused_total        device TCP connections
     ofd_connections_timed_out_total                         closed by the read or idle timeout
     ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
@@ -242,6 +243,7 @@ class GatewayMetrics:
         self._batch_sizes = Buckets(BATCH_SIZE_BUCKETS)
         self._commit_seconds = Buckets(COMMIT_SECONDS_BUCKETS)
         self._commit_stats: CommitStats | None = None
+        self._backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
         self._journal: CountingJournal | None = None
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
@@ -279,6 +281,7 @@ class GatewayMetrics:
 
     def watch_commits(self, committer: GroupCommitter) -> None:
         self._commit_stats = committer.stats
+        self._backlog = committer.backlog
         committer.on_batch = self._observe_batch
 
     def watch_tcp(self, stats: ServerStats) -> None:
@@ -465,6 +468,17 @@ class GatewayMetrics:
             "ofd_journal_appends",
             "Documents the journal acknowledged as durable.",
             value=self._journal.appended if self._journal else 0,
+        )
+        waiting, age = self._backlog()
+        yield GaugeMetricFamily(
+            "ofd_journal_lag_changes",
+            "Changes received but not yet durable: queued for, or inside, a group commit.",
+            value=waiting,
+        )
+        yield GaugeMetricFamily(
+            "ofd_journal_lag_seconds",
+            "How long the oldest change not yet durable has waited (0 when none waits).",
+            value=age,
         )
 
     def _connection_families(self) -> Iterator[Metric]:

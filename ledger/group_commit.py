@@ -49,6 +49,7 @@ class _Pending:
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    queued_at: float = field(default_factory=time.monotonic)  # for the journal-lag gauge
 
 
 @dataclass(slots=True)
@@ -72,6 +73,8 @@ class GroupCommitter:
         self.stats = CommitStats()
         # Called with (changes, seconds) after every batch: the metrics' histograms.
         self.on_batch: Callable[[int, float], None] | None = None
+        # Batches being made durable, by id: what the lag gauges read at scrape time.
+        self._in_flight: dict[int, list[_Pending]] = {}
 
     async def commit(
         self, expected_version: int, state: DeviceState, entry: JournalEntry | None
@@ -88,6 +91,18 @@ class GroupCommitter:
             self.stats.shed += 1
             raise SinkError("commit queue full: shedding load", retriable=True) from err
         await pending.done
+
+    def backlog(self) -> tuple[int, float]:
+        """Changes received but not yet durable (queued or being written), and how long the
+        oldest of them has waited, in seconds: the journal's lag behind the devices. Batches
+        are taken from the queue in order, so the oldest waiting change heads an in-flight
+        batch; with none in flight, the queue is only what arrived since the last batch left."""
+        # Read by the metrics thread: list() copies the dict's values in one step under the GIL.
+        in_flight = list(self._in_flight.values())
+        waiting = self._queue.qsize() + sum(len(batch) for batch in in_flight)
+        heads = [batch[0].queued_at for batch in in_flight]
+        age = time.monotonic() - min(heads) if heads else 0.0
+        return waiting, age
 
     async def run(self) -> None:
         """Runs `settings.workers` batch loops: while one batch waits for its fsync and commit,
@@ -106,7 +121,11 @@ class GroupCommitter:
                 while len(batch) < self._settings.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 started = time.perf_counter()
-                await self._commit_batch(batch)
+                self._in_flight[id(batch)] = batch
+                try:
+                    await self._commit_batch(batch)
+                finally:
+                    del self._in_flight[id(batch)]
                 if self.on_batch is not None:
                     self.on_batch(len(batch), time.perf_counter() - started)
                 batch = []

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from conftest import gateway_settings, register_device
 from prometheus_client.parser import text_string_to_metric_families
@@ -182,6 +183,38 @@ async def test_offline_gauges_show_a_reported_offline_period(
     samples = await scrape(gateway)
     assert value(samples, "ofd_offline_windows_open") == 0
     assert value(samples, "ofd_offline_window_max_age_seconds") == 0
+
+
+async def test_journal_lag_shows_a_change_waiting_for_its_commit(
+    metered_gateway: RunningGateway, database_url: str
+) -> None:
+    """A lock held on device_state stalls the group commit: the lag gauges show the waiting
+    change and its age, and fall back to zero once it is durable."""
+    device = await register_device(database_url)
+    kkm = kkm_for(metered_gateway, 204, device.system_id, device.token)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        # SHARE conflicts with the UPDATE's ROW EXCLUSIVE, not with the state read before it.
+        await blocker.execute("LOCK TABLE device_state IN SHARE MODE")
+        answer = asyncio.create_task(kkm.send(ticket(204, 1)))
+        async with asyncio.timeout(DEADLINE):
+            # Polling what a scrape sees is the test.
+            while value(stalled := await scrape(metered_gateway), "ofd_journal_lag_changes") < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert value(stalled, "ofd_journal_lag_changes") == 1
+        assert value(stalled, "ofd_journal_lag_seconds") > 0
+        await transaction.rollback()
+        async with asyncio.timeout(DEADLINE):
+            assert (await answer).result.result_code == ResultCode.OK
+    finally:
+        await blocker.close()
+        await kkm.close()
+    after = await scrape(metered_gateway)
+    assert value(after, "ofd_journal_lag_changes") == 0
+    assert value(after, "ofd_journal_lag_seconds") == 0
+    assert value(after, "ofd_journal_appends_total") == 1
 
 
 def test_metrics_are_not_served_unless_asked(tmp_path: Path) -> None:
