@@ -3,7 +3,10 @@
 ofd serve                                   run a gateway (embedded PostgreSQL by default)
 ofd serve --journal kafka --kafka-bootstrap H:P   journal to Kafka instead of DATA_DIR
 ofd org add --iin 123456789012 --title ...  add an organization
+ofd org update --id O --title ... [--address ...]   its title, addresses, OKED (never its IIN)
+ofd org list [--iin I]                      organizations in the caller's scope
 ofd point add --org 1 --title ...           add a trade point
+ofd point list [--org O]                    trade points in the caller's scope
 ofd kkm add --point 1 --kgd ... --serial ... --model ... --year 2024
 ofd kkm activate SYSTEM_ID                  mark registered at KGD
 ofd kkm token SYSTEM_ID                     issue a new token
@@ -255,6 +258,11 @@ def _control_command(
     return parser
 
 
+def _add_paging(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--after", type=int, default=0, help=f"paging: {what} above this")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many (<= 1000)")
+
+
 def _add_control(sub: Any) -> None:
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="action", required=True)
     p = _control_command(
@@ -271,6 +279,29 @@ def _add_control(sub: Any) -> None:
     p.add_argument("--address", default="")
     p.add_argument("--address-kz", default="")
     p.add_argument("--oked", default="")
+    p = _control_command(
+        org,
+        "update",
+        "change an organization's title, addresses and OKED (never its IIN)",
+        "UpdateOrganization",
+        lambda a: pb.Organization(
+            id=a.id, title=a.title, address=a.address, address_kz=a.address_kz, oked=a.oked
+        ),
+    )
+    p.add_argument("--id", type=int, required=True, help="organization id")
+    p.add_argument("--title", required=True)
+    p.add_argument("--address", default="")
+    p.add_argument("--address-kz", default="")
+    p.add_argument("--oked", default="")
+    p = _control_command(
+        org,
+        "list",
+        "organizations in the caller's scope",
+        "ListOrganizations",
+        lambda a: pb.OrganizationFilter(iin=a.iin, after=a.after, limit=a.limit),
+    )
+    p.add_argument("--iin", default="", help="only the organization with this IIN or BIN")
+    _add_paging(p, "organization ids")
 
     point = sub.add_parser("point", help="trade points").add_subparsers(
         dest="action", required=True
@@ -295,6 +326,15 @@ def _add_control(sub: Any) -> None:
     p.add_argument("--address-kz", default="")
     p.add_argument("--lat", type=int, default=0, help="latitude x 1,000,000")
     p.add_argument("--lon", type=int, default=0, help="longitude x 1,000,000")
+    p = _control_command(
+        point,
+        "list",
+        "trade points, of one organization or all in the caller's scope",
+        "ListTradePoints",
+        lambda a: pb.TradePointFilter(organization_id=a.org, after=a.after, limit=a.limit),
+    )
+    p.add_argument("--org", type=int, default=0, help="organization id")
+    _add_paging(p, "point ids")
 
     kkm = sub.add_parser("kkm", help="cash registers").add_subparsers(dest="action", required=True)
     p = _control_command(
@@ -407,8 +447,7 @@ def _add_lifecycle(kkm: Any, point: Any) -> None:
     p.add_argument("--org", type=int, default=0)
     p.add_argument("--point", type=int, default=0)
     p.add_argument("--status", choices=sorted(STATUS_CHOICES), default="")
-    p.add_argument("--after", type=int, default=0, help="paging: system ids above this")
-    p.add_argument("--limit", type=int, default=0, help="at most this many (<= 1000)")
+    _add_paging(p, "system ids")
     p = _control_command(
         kkm,
         "audit",

@@ -42,6 +42,9 @@ KEY_ENV = "OFD_CONTROL_KEY"
 # name -> (request type, response type, module)
 METHODS: dict[str, tuple[Any, Any, str]] = {
     "AddOrganization": (pb.Organization, pb.Organization, "admin"),
+    "UpdateOrganization": (pb.Organization, pb.Organization, "organization"),
+    "ListOrganizations": (pb.OrganizationFilter, pb.OrganizationList, "show"),
+    "ListTradePoints": (pb.TradePointFilter, pb.TradePointList, "show"),
     "AddTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
     "UpdateTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
     "AddDevice": (pb.Device, pb.Device, "devices"),
@@ -107,6 +110,17 @@ def _iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.isoformat()
 
 
+def _organization_pb(org: registry.Organization) -> pb.Organization:
+    return pb.Organization(
+        id=org.id,
+        iin=org.iin,
+        title=org.title,
+        address=org.address,
+        address_kz=org.address_kz,
+        oked=org.oked,
+    )
+
+
 def _point_pb(point: registry.TradePoint) -> pb.TradePoint:
     return pb.TradePoint(
         id=point.id,
@@ -169,20 +183,68 @@ class ControlService:
 
     # --- methods ---
 
+    @staticmethod
+    def _own_organization(caller: Caller, module: str, organization_id: int, what: str) -> int:
+        """The organization a call may touch: any for operators (0: all), its own for an
+        organization's key (0 meaning it), none for a service centre."""
+        ControlService._module(caller, module)
+        if caller.role == OPERATOR:
+            return organization_id
+        if caller.role != ORGANIZATION or organization_id not in (0, caller.organization_id):
+            raise _denied(caller, what)
+        return caller.organization_id or 0
+
     async def AddOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
         self._module(caller, "admin")
         org = registry.Organization(0, req.iin, req.title, req.address, req.address_kz, req.oked)
         async with self._pool.acquire() as conn, conn.transaction():
             added = await registry.add_organization(conn, org)
             await registry.audit(conn, caller.name, "AddOrganization", None, id=added.id)
-        return pb.Organization(
-            id=added.id,
-            iin=added.iin,
-            title=added.title,
-            address=added.address,
-            address_kz=added.address_kz,
-            oked=added.oked,
+        return _organization_pb(added)
+
+    async def UpdateOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
+        if not req.id:
+            raise RegistryError("invalid", "which organization: its id is required")
+        self._own_organization(caller, "organization", req.id, f"change organization {req.id}")
+        org = registry.Organization(req.id, "", req.title, req.address, req.address_kz, req.oked)
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                current = (await registry.list_organizations(conn, organization_id=req.id))[:1]
+                if not current:
+                    raise RegistryError("not_found", f"no organization {req.id}")
+                if req.iin and req.iin != current[0].iin:
+                    raise RegistryError(
+                        "invalid", "an organization's IIN never changes: add the new taxpayer"
+                    )
+                updated = await registry.update_organization(conn, org)
+                await registry.audit(
+                    conn, caller.name, "UpdateOrganization", None, id=req.id, title=req.title
+                )
+            ids = [d.system_id for d in await registry.list_devices(conn, organization_id=req.id)]
+        for system_id in ids:
+            self._changed(system_id)
+        return _organization_pb(updated)
+
+    async def ListOrganizations(  # noqa: N802
+        self, req: pb.OrganizationFilter, caller: Caller
+    ) -> pb.OrganizationList:
+        only = self._own_organization(caller, "show", 0, "list organizations")
+        async with self._pool.acquire() as conn:
+            found = await registry.list_organizations(
+                conn, organization_id=only, iin=req.iin, after=req.after, limit=req.limit
+            )
+        return pb.OrganizationList(organizations=[_organization_pb(o) for o in found])
+
+    async def ListTradePoints(self, req: pb.TradePointFilter, caller: Caller) -> pb.TradePointList:  # noqa: N802
+        wanted = req.organization_id
+        organization_id = self._own_organization(
+            caller, "show", wanted, f"list points of organization {wanted}"
         )
+        async with self._pool.acquire() as conn:
+            found = await registry.list_trade_points(
+                conn, organization_id=organization_id, after=req.after, limit=req.limit
+            )
+        return pb.TradePointList(trade_points=[_point_pb(p) for p in found])
 
     def _point(self, req: pb.TradePoint) -> registry.TradePoint:
         return registry.TradePoint(

@@ -30,10 +30,13 @@ OPERATOR, ORGANIZATION, SERVICE_CENTRE = "operator", "organization", "service_ce
 ROLES = (OPERATOR, ORGANIZATION, SERVICE_CENTRE)
 # Modules: groups of control methods a key may be limited to.
 MODULES = frozenset(
-    {"admin", "kgd", "points", "devices", "show", "token", "lifecycle", "block", "subscription",
-     "audit"}
+    {"admin", "kgd", "organization", "points", "devices", "show", "token", "lifecycle", "block",
+     "subscription", "audit"}
 )  # fmt: skip
-ORGANIZATION_MODULES = frozenset({"points", "devices", "show", "token", "lifecycle", "audit"})
+# "organization": its own title, addresses and OKED (never its IIN).
+ORGANIZATION_MODULES = frozenset(
+    {"organization", "points", "devices", "show", "token", "lifecycle", "audit"}
+)
 # Modules that never make sense on a handful of granted devices.
 SERVICE_CENTRE_MODULES = frozenset({"show", "token", "lifecycle", "block", "audit"})
 KEY_FILE = "operator.key"

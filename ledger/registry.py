@@ -132,6 +132,73 @@ async def add_organization(conn: Conn, org: Organization) -> Organization:
     return Organization(row["id"], org.iin, org.title, org.address, org.address_kz, org.oked)
 
 
+ORGANIZATION_COLUMNS = "id, iin, title, address, address_kz, oked"
+TRADE_POINT_COLUMNS = "id, organization_id, title, address, address_kz, latitude, longitude"
+
+
+async def update_organization(conn: Conn, org: Organization) -> Organization:
+    """Changes an organization's title, addresses and OKED; its IIN, the taxpayer the
+    organization is, never changes (another taxpayer is another organization)."""
+    async with conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                "UPDATE organizations SET title = $2, address = $3, address_kz = $4, oked = $5"
+                f" WHERE id = $1 RETURNING {ORGANIZATION_COLUMNS}",
+                org.id,
+                org.title,
+                org.address,
+                org.address_kz,
+                org.oked,
+            )
+        except asyncpg.PostgresError as err:
+            raise _translate(err) from err
+        if row is None:
+            raise RegistryError("not_found", f"no organization {org.id}")
+        # The organization's facts go out in SYSTEM and INFO answers: its devices re-read them.
+        await conn.execute(
+            "UPDATE device_state s SET version = version + 1 FROM devices d"
+            " JOIN trade_points p ON p.id = d.trade_point_id"
+            " WHERE d.system_id = s.system_id AND p.organization_id = $1",
+            org.id,
+        )
+    return Organization(*row)
+
+
+async def list_organizations(
+    conn: Conn, *, organization_id: int = 0, iin: str = "", after: int = 0, limit: int = MAX_LIST
+) -> list[Organization]:
+    """Organizations in id order, narrowed to one id and to one IIN (0 / "" match any)."""
+    rows = await conn.fetch(
+        f"SELECT {ORGANIZATION_COLUMNS} FROM organizations"
+        " WHERE ($1::bigint = 0 OR id = $1) AND ($2::text = '' OR iin = $2) AND id > $3"
+        " ORDER BY id LIMIT $4",
+        organization_id,
+        iin,
+        after,
+        _page(limit),
+    )
+    return [Organization(*row) for row in rows]
+
+
+async def list_trade_points(
+    conn: Conn, *, organization_id: int = 0, after: int = 0, limit: int = MAX_LIST
+) -> list[TradePoint]:
+    """Trade points in id order, of one organization or of all (0)."""
+    rows = await conn.fetch(
+        f"SELECT {TRADE_POINT_COLUMNS} FROM trade_points"
+        " WHERE ($1::bigint = 0 OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3",
+        organization_id,
+        after,
+        _page(limit),
+    )
+    return [TradePoint(*row) for row in rows]
+
+
+def _page(limit: int) -> int:
+    """A list's page size: `limit` within 1..MAX_LIST, 0 meaning the most."""
+    return min(limit, MAX_LIST) if limit > 0 else MAX_LIST
+
+
 async def add_trade_point(conn: Conn, point: TradePoint) -> TradePoint:
     try:
         row = await conn.fetchrow(
@@ -380,9 +447,7 @@ async def update_trade_point(conn: Conn, point: TradePoint) -> TradePoint:
 
 async def get_trade_point(conn: Conn, point_id: int) -> TradePoint:
     row = await conn.fetchrow(
-        "SELECT id, organization_id, title, address, address_kz, latitude, longitude"
-        " FROM trade_points WHERE id = $1",
-        point_id,
+        f"SELECT {TRADE_POINT_COLUMNS} FROM trade_points WHERE id = $1", point_id
     )
     if row is None:
         raise RegistryError("not_found", f"no trade point {point_id}")
@@ -417,7 +482,7 @@ async def list_devices(
         status,
         None if system_ids is None else sorted(system_ids),
         after,
-        min(limit, MAX_LIST) if limit > 0 else MAX_LIST,
+        _page(limit),
     )
     return [Device(*row) for row in rows]
 

@@ -237,6 +237,60 @@ async def test_devices_by_organization_point_and_status(ofd: Ofd) -> None:
     assert ids(await ofd.ok("kkm", "list", "--org", str(org_a), "--after", str(a1))) == [a2]
 
 
+async def test_organizations_and_points_are_listed_and_changed_in_scope(
+    secured: RunningGateway, ofd: Ofd
+) -> None:
+    iin = f"{secrets.randbelow(10**12):012d}"
+    org_a = int((await ofd.ok("org", "add", "--iin", iin, "--title", "ТОО Бірінші"))["id"])
+    org_b = await add_org(ofd)
+    point_a, point_b = await add_point(ofd, org_a), await add_point(ofd, org_b)
+    system_id = await add_device(ofd, point_a)
+    token = int((await ofd.ok("kkm", "token", str(system_id)))["token"])
+    await ofd.ok("kkm", "activate", str(system_id))
+    till = Till(secured.tcp.port, 204, system_id, token)
+    assert (await till.send(Command.TICKET))[0] == ResultCode.OK  # the state is cached now
+
+    def ids(answer: Any, key: str) -> list[int]:
+        return [int(item["id"]) for item in answer.get(key, [])]
+
+    assert ids(await ofd.ok("org", "list", "--iin", iin), "organizations") == [org_a]
+    everyone = await ofd.ok("org", "list", "--after", str(org_a - 1), "--limit", "2")
+    assert ids(everyone, "organizations") == [org_a, org_b]
+    assert ids(await ofd.ok("point", "list", "--org", str(org_a)), "trade_points") == [point_a]
+
+    org_key = (await ofd.ok("key", "add", "--name", "shop-a", "--role", "organization",
+                            "--org", str(org_a)))["key"]  # fmt: skip
+    assert ids(await ofd.ok("org", "list", key=org_key), "organizations") == [org_a]
+    assert ids(await ofd.ok("point", "list", key=org_key), "trade_points") == [point_a]
+    renamed = await ofd.ok(
+        "org", "update", "--id", str(org_a), "--title", "ТОО Жаңа", "--address", "Алматы, Абай 10",
+        key=org_key,
+    )  # fmt: skip
+    assert (renamed["title"], renamed["iin"]) == ("ТОО Жаңа", iin)
+    # The device is told its organization's new facts at once, whatever the gateway cached.
+    till.request_number += 1
+    system = encode(204, system_id, till.token, till.request_number,
+                    body(build_system(SCHEMAS[204])))  # fmt: skip
+    answer = await ask(secured.tcp.port, system)
+    assert answer.code == ResultCode.OK
+    assert answer.response.service.reg_info.org.title == "ТОО Жаңа"
+    assert answer.response.service.reg_info.org.address == "Алматы, Абай 10"
+    till.token = answer.header.token
+
+    for argv in (
+        ("org", "update", "--id", str(org_b), "--title", "x"),
+        ("point", "list", "--org", str(org_b)),
+        ("org", "add", "--iin", "123456789012", "--title", "x"),
+    ):
+        refused = await ofd(*argv, key=org_key)
+        assert "permission_denied" in refused.err, (argv, refused.err)
+    audit = (await ofd.ok("kkm", "audit", "--limit", "20"))["entries"]
+    assert ("UpdateOrganization", "shop-a") in {(e["action"], e["actor"]) for e in audit}
+    assert "not_found" in (await ofd("org", "update", "--id", "999999999", "--title", "x")).err
+    # Nothing about point_b leaked into the organization's view.
+    assert point_b not in ids(await ofd.ok("point", "list", key=org_key), "trade_points")
+
+
 async def test_coordinates_change_at_most_once_a_day(ofd: Ofd) -> None:
     point = str(await add_point(ofd, await add_org(ofd)))
     base = ("point", "update", "--id", point, "--title", "Дүкен 2")

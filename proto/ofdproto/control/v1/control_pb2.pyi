@@ -183,6 +183,38 @@ class DeviceList(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
+class OrganizationFilter(_message.Message):
+    __slots__ = ("iin", "after", "limit")
+    IIN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    iin: str
+    after: int
+    limit: int
+    def __init__(self, iin: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class OrganizationList(_message.Message):
+    __slots__ = ("organizations",)
+    ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    organizations: _containers.RepeatedCompositeFieldContainer[Organization]
+    def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ...) -> None: ...
+
+class TradePointFilter(_message.Message):
+    __slots__ = ("organization_id", "after", "limit")
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    organization_id: int
+    after: int
+    limit: int
+    def __init__(self, organization_id: _Optional[int] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TradePointList(_message.Message):
+    __slots__ = ("trade_points",)
+    TRADE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    trade_points: _containers.RepeatedCompositeFieldContainer[TradePoint]
+    def __init__(self, trade_points: _Optional[_Iterable[_Union[TradePoint, _Mapping]]] = ...) -> None: ...
+
 class AuditQuery(_message.Message):
     __slots__ = ("system_id", "limit")
     SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
