@@ -35,10 +35,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
-# Gateway against its echo floor, then each layer against its own floor, then the cost model
-# built from both (bench-results/*.json).
+# Gateway against its echo floor, its scale curve over fleet sizes (local journal, then the
+# production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, then
+# the cost model built from them (bench-results/*.json).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.scale --journal kafka
 	$(BIN)/python -m benchmarks.layers
 	$(BIN)/python -m benchmarks.kafka_producer
 	$(BIN)/python -m benchmarks.cost_model

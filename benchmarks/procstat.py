@@ -7,6 +7,7 @@ line, its backends by parent pid, and backends that exited inside the window are
 through the postmaster's reaped-children time (cutime, cstime).
 """
 
+import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 # state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17).
 _PPID, _UTIME, _STIME, _CUTIME, _CSTIME = 4, 14, 15, 16, 17
 _AFTER_COMM = 3  # the first field after the command name is field 3
+CLEAR_PEAK_RSS = "5"  # written to /proc/<pid>/clear_refs: VmHWM := VmRSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,13 @@ def peak_rss_kib(pid: int) -> int | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return None
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Sets VmHWM back to the current resident set, so a later read gives the peak since now
+    (man 5 proc, clear_refs "5"); without the right to do it the peak stays the lifetime's."""
+    with contextlib.suppress(OSError):
+        (PROC / str(pid) / "clear_refs").write_text(CLEAR_PEAK_RSS)
 
 
 def _pids() -> Iterable[int]:

@@ -24,11 +24,14 @@ class Measurement:
     server_cpu_us_per_request: float
     server_cpu_cores: float  # mean cores busy in the window
     postgres_cpu_us_per_request: float | None  # the embedded PostgreSQL, gateway only
-    server_peak_rss_kib: int | None
+    server_peak_rss_kib: int | None  # the server's peak over the measurement window
+    broker_cpu_us_per_request: float | None = None  # the Kafka broker, with the Kafka journal
 
     @property
     def total_server_cpu_us_per_request(self) -> float:
-        return self.server_cpu_us_per_request + (self.postgres_cpu_us_per_request or 0.0)
+        """Everything the durable path spent: the gateway, its PostgreSQL and its broker."""
+        sides = (self.postgres_cpu_us_per_request, self.broker_cpu_us_per_request)
+        return self.server_cpu_us_per_request + sum(us or 0.0 for us in sides)
 
 
 def ratios(measurements: list[Measurement]) -> dict[str, float]:
@@ -42,7 +45,7 @@ def ratios(measurements: list[Measurement]) -> dict[str, float]:
     return out
 
 
-def _errors(load: LoadResult) -> str:
+def errors(load: LoadResult) -> str:
     if load.valid:
         return "0"
     parts = [f"{name}={n}" for name, n in load.not_ok.items()]
@@ -57,25 +60,31 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
+def us_or_dash(us: float | None) -> str:
+    return "-" if us is None else f"{us:.0f}"
+
+
+def mib_or_dash(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.0f}"
+
+
 def table(measurements: list[Measurement]) -> str:
     header = (
         f"{'mode':<12} {'target':<8} {'req/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7}"
-        f" {'srv µs/req':>10} {'pg µs/req':>9} {'srv cores':>9} {'client µs':>9}"
-        f" {'RSS MiB':>7} {'errors':>6}"
+        f" {'srv µs/req':>10} {'pg µs/req':>9} {'kafka µs':>8} {'srv cores':>9}"
+        f" {'client µs':>9} {'RSS MiB':>7} {'errors':>6}"
     )
     rows = [header, "-" * len(header)]
     for m in measurements:
         load = m.load
-        pg = (
-            "-" if m.postgres_cpu_us_per_request is None else f"{m.postgres_cpu_us_per_request:.0f}"
-        )
-        rss = "-" if m.server_peak_rss_kib is None else f"{m.server_peak_rss_kib / 1024:.0f}"
         rows.append(
             f"{load.mode:<12} {m.target:<8} {load.throughput:>9,.0f}"
             f" {_ms(load.latency_us['p50']):>7} {_ms(load.latency_us['p90']):>7}"
-            f" {_ms(load.latency_us['p99']):>7} {m.server_cpu_us_per_request:>10.1f} {pg:>9}"
-            f" {m.server_cpu_cores:>9.2f} {load.client_cpu_us_per_request:>9.1f} {rss:>7}"
-            f" {_errors(load):>6}"
+            f" {_ms(load.latency_us['p99']):>7} {m.server_cpu_us_per_request:>10.1f}"
+            f" {us_or_dash(m.postgres_cpu_us_per_request):>9}"
+            f" {us_or_dash(m.broker_cpu_us_per_request):>8} {m.server_cpu_cores:>9.2f}"
+            f" {load.client_cpu_us_per_request:>9.1f} {mib_or_dash(m.server_peak_rss_kib):>7}"
+            f" {errors(load):>6}"
         )
     rows.append("")
     for mode, ratio in ratios(measurements).items():
@@ -87,7 +96,7 @@ def table(measurements: list[Measurement]) -> str:
     return "\n".join(rows)
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
@@ -96,19 +105,25 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def finished_at() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_json(m: Measurement) -> dict[str, Any]:
+    """One measurement as JSON, with its validity and total server cost spelt out."""
+    run = asdict(m)
+    run["load"]["valid"] = m.load.valid
+    run["total_server_cpu_us_per_request"] = m.total_server_cpu_us_per_request
+    return run
+
+
 def document(measurements: list[Measurement], config: dict[str, Any]) -> dict[str, Any]:
-    runs = []
-    for m in measurements:
-        run = asdict(m)
-        run["load"]["valid"] = m.load.valid
-        run["total_server_cpu_us_per_request"] = m.total_server_cpu_us_per_request
-        runs.append(run)
     return {
         "benchmark": "ingest",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "finished_at": finished_at(),
+        "machine": machine(),
         "config": config,
-        "runs": runs,
+        "runs": [run_json(m) for m in measurements],
         "ratios": ratios(measurements),
         "aim": AIM,
         "valid": all(m.load.valid for m in measurements),

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ledger.kafka_journal import KafkaSettings
 from simulators.processes import ServerFailed, ServerProcess, ready_or_stopped, spawn, stop
 from simulators.processes import start_gateway as start_gateway_process
 
@@ -61,11 +62,24 @@ def start_grpc_echo_floor(log_path: Path, port: int, version: int) -> ServerProc
 
 
 def start_gateway(
-    data_dir: Path, port: int, control_port: int, secret_hex: str, grpc_port: int = 0
+    data_dir: Path,
+    port: int,
+    control_port: int,
+    secret_hex: str,
+    grpc_port: int = 0,
+    *,
+    kafka: KafkaSettings | None = None,
 ) -> ServerProcess:
     """`ofd serve` on the embedded default: no --database-url, PostgreSQL in data_dir/pg;
-    gRPC device ingest on `grpc_port` unless it is 0."""
+    gRPC device ingest on `grpc_port` unless it is 0; the journal in data_dir, or the Kafka
+    topic `kafka` names."""
     grpc_args = ("--grpc-port", str(grpc_port)) if grpc_port else ()
+    kafka_args = (
+        ("--journal", "kafka", "--kafka-bootstrap", kafka.bootstrap_servers,
+         "--kafka-topic", kafka.topic)
+        if kafka
+        else ()
+    )  # fmt: skip
     return start_gateway_process(
         data_dir,
         "--host",
@@ -73,6 +87,7 @@ def start_gateway(
         "--secret-hex",
         secret_hex,
         *grpc_args,
+        *kafka_args,
         port=port,
         control_port=control_port,
     )

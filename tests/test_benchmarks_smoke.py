@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from conftest import register_device
@@ -16,9 +17,13 @@ from conftest import register_device
 from benchmarks.bodies import build_pool, ticket_ok_body
 from benchmarks.echo_floor import EchoProtocol
 from benchmarks.grpc_echo_floor import start as start_grpc_floor
+from benchmarks.harness import Window
 from benchmarks.load import MODES, TCP_MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
-from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, sample
+from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, reset_peak_rss, sample
 from benchmarks.report import Measurement, document, ratios, table
+from benchmarks.scale import P99_TARGET_MS, Point, ScaleConfig, best_under_target
+from benchmarks.scale import document as scale_document
+from benchmarks.scale import table as scale_table
 from ingest.app import RunningGateway
 from ledger.schemas import SCHEMAS
 
@@ -123,13 +128,19 @@ def test_procstat_reads_this_process() -> None:
     rss = peak_rss_kib(pid)
     assert rss is not None
     assert rss > 0
+    reset_peak_rss(pid)
+    assert peak_rss_kib(pid) is not None
+
+
+def _fake_load(throughput: float, p99_us: float) -> LoadResult:
+    latency = {"p50": p99_us / 2, "p90": p99_us, "p99": p99_us, "max": p99_us, "mean": p99_us / 2}
+    return LoadResult("persistent", 2, 1.0, int(throughput), throughput, latency, 5.0, 119.0,
+                      int(throughput), {}, 0, 0, 0)  # fmt: skip
 
 
 def test_report_table_and_json() -> None:
     def fake(target: str, throughput: float) -> Measurement:
-        load = LoadResult("persistent", 2, 1.0, int(throughput), throughput,
-                          {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0, "mean": 1.5},
-                          5.0, 119.0, int(throughput), {}, 0, 0, 0)  # fmt: skip
+        load = _fake_load(throughput, 3.0)
         return Measurement(target, load, 10.0, 0.5, None if target == "floor" else 3.0, 1024)
 
     measurements = [fake("floor", 1000.0), fake("gateway", 400.0)]
@@ -140,3 +151,29 @@ def test_report_table_and_json() -> None:
     assert doc["valid"] is True
     assert [run["target"] for run in doc["runs"]] == ["floor", "gateway"]
     assert doc["runs"][1]["total_server_cpu_us_per_request"] == 13.0
+
+
+def test_scale_table_and_json_name_the_best_point_under_the_p99_target() -> None:
+    def point(devices: int, throughput: float, p99_ms: float) -> Point:
+        floor = Measurement("floor", _fake_load(10 * throughput, 100.0), 5.0, 0.5, None, 512)
+        load = _fake_load(throughput, p99_ms * 1000)
+        gateway = Measurement(
+            "gateway", load, 100.0, 1.0, 20.0, 4096, broker_cpu_us_per_request=7.0
+        )
+        return Point(devices, floor, gateway)
+
+    points = [point(1, 500.0, 2.0), point(64, 7000.0, 20.0), point(1024, 7500.0, 150.0)]
+    best = best_under_target(points)
+    assert best is not None
+    assert best.devices == 64
+    assert best.gateway_p99_ms < P99_TARGET_MS
+    config = ScaleConfig((1, 64, 1024), Window(0.1, 1.0), "persistent", "kafka", 203, Path("x"))
+    text = scale_table(points, "kafka")
+    assert "7,000 receipts/s at 64 devices" in text
+    doc = json.loads(json.dumps(scale_document(points, config)))
+    assert doc["valid"] is True
+    assert [p["devices"] for p in doc["points"]] == [1, 64, 1024]
+    assert doc["points"][1]["ratio"] == 0.1
+    assert doc["points"][1]["gateway"]["total_server_cpu_us_per_request"] == 127.0
+    assert doc["best_under_p99_target"]["devices"] == 64
+    assert doc["best_under_p99_target"]["target_met"] is False
