@@ -153,6 +153,11 @@ def best_under_target(points: Sequence[Point]) -> Point | None:
     return max(within, key=lambda p: p.gateway.load.throughput, default=None)
 
 
+def cores_for_target(point: Point) -> float:
+    """Cores the server side would keep busy at THROUGHPUT_TARGET, at this point's cost."""
+    return THROUGHPUT_TARGET * point.gateway.total_server_cpu_us_per_request / 1e6
+
+
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
@@ -186,7 +191,9 @@ def table(points: Sequence[Point], journal: Journal) -> str:
         rows.append(
             f"{journal} journal: best with p99 < {P99_TARGET_MS:g} ms: {reached:,.0f} receipts/s"
             f" at {best.devices} devices (p99 {best.gateway_p99_ms:.1f} ms); target"
-            f" >= {THROUGHPUT_TARGET:,.0f}/s: {verdict}"
+            f" >= {THROUGHPUT_TARGET:,.0f}/s: {verdict}; at that point's server CPU"
+            f" ({best.gateway.total_server_cpu_us_per_request:.0f} µs per receipt, gateway,"
+            f" PostgreSQL and broker) the target needs {cores_for_target(best):.1f} busy cores"
         )
     invalid = [str(p.devices) for p in points if not p.valid]
     if invalid:
@@ -212,6 +219,8 @@ def _best_json(best: Point | None) -> dict[str, Any] | None:
         "receipts_per_second": best.gateway.load.throughput,
         "p99_ms": best.gateway_p99_ms,
         "target_met": best.gateway.load.throughput >= THROUGHPUT_TARGET,
+        "server_cpu_us_per_receipt": best.gateway.total_server_cpu_us_per_request,
+        "cores_for_target": cores_for_target(best),
     }
 
 

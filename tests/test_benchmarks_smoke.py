@@ -177,3 +177,4 @@ def test_scale_table_and_json_name_the_best_point_under_the_p99_target() -> None
     assert doc["points"][1]["gateway"]["total_server_cpu_us_per_request"] == 127.0
     assert doc["best_under_p99_target"]["devices"] == 64
     assert doc["best_under_p99_target"]["target_met"] is False
+    assert doc["best_under_p99_target"]["cores_for_target"] == 1.27
