@@ -20,7 +20,7 @@ ofd kkm subscription SYSTEM_ID on|off       off: DISCONNECTED (19) in 2.0.4
 ofd kkm list [--org O] [--point P] [--status S]   devices in the caller's scope
 ofd kkm audit [SYSTEM_ID]                   who did what, when
 ofd point update --id P --title ... [--lat --lon]   coordinates change at most once a day
-ofd key add --name N --role R [--org O] [--device ID ...] [--module M ...]
+ofd key add --name N --role R [--org O [--point P ...]] [--device ID ...] [--module M ...]
 ofd key revoke ID                           the key stops working at once
 ofd whoami                                  the caller the key stands for
   Control calls present --key, else OFD_CONTROL_KEY, else the file --key-file
@@ -494,6 +494,7 @@ def _add_access(sub: Any) -> None:
             organization_id=a.org,
             system_ids=a.device,
             modules=a.module,
+            trade_point_ids=a.point,
         ),
     )
     p.add_argument("--name", required=True)
@@ -501,6 +502,13 @@ def _add_access(sub: Any) -> None:
     p.add_argument("--org", type=int, default=0, help="organization (role organization)")
     p.add_argument("--device", type=int, action="append", default=[], help="service centre")
     p.add_argument("--module", action="append", default=[], help="service centre")
+    p.add_argument(
+        "--point",
+        type=int,
+        action="append",
+        default=[],
+        help="organization key: only these trade points (default: all of them)",
+    )
     p = _control_command(
         key, "revoke", "revoke a key", "RevokeApiKey", lambda a: pb.ApiKeyRef(id=a.id)
     )

@@ -8,6 +8,7 @@ Every change is written to the audit log (control_audit) with the caller's key n
 transaction that makes it; lifecycle, token and block changes also go out as notifications.
 """
 
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -169,29 +170,34 @@ class ControlService:
             if system_id not in caller.system_ids:
                 raise _denied(caller, f"reach device {system_id}")
             return
-        if await registry.organization_of_device(conn, system_id) != caller.organization_id:
+        placement = await registry.placement_of_device(conn, system_id)
+        if placement is None or not caller.reaches_point(*placement):
             raise _denied(caller, f"reach device {system_id}")
 
     async def _scope_point(self, conn: Conn, caller: Caller, module: str, point_id: int) -> None:
         self._module(caller, module)
         if caller.role == OPERATOR:
             return
-        if caller.role != ORGANIZATION or (
-            await registry.organization_of_point(conn, point_id) != caller.organization_id
-        ):
+        organization_id = await registry.organization_of_point(conn, point_id)
+        if not caller.reaches_point(organization_id, point_id):
             raise _denied(caller, f"reach trade point {point_id}")
 
     # --- methods ---
 
     @staticmethod
-    def _own_organization(caller: Caller, module: str, organization_id: int, what: str) -> int:
+    def _own_organization(
+        caller: Caller, module: str, organization_id: int, what: str, *, whole: bool = False
+    ) -> int:
         """The organization a call may touch: any for operators (0: all), its own for an
-        organization's key (0 meaning it), none for a service centre."""
+        organization's key (0 meaning it), none for a service centre. A call on the
+        organization as a whole (`whole`) also refuses a key narrowed to some trade points."""
         ControlService._module(caller, module)
         if caller.role == OPERATOR:
             return organization_id
         if caller.role != ORGANIZATION or organization_id not in (0, caller.organization_id):
             raise _denied(caller, what)
+        if whole and not caller.organization_wide:
+            raise _denied(caller, f"{what}: the key reaches some trade points only")
         return caller.organization_id or 0
 
     async def AddOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
@@ -205,7 +211,9 @@ class ControlService:
     async def UpdateOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
         if not req.id:
             raise RegistryError("invalid", "which organization: its id is required")
-        self._own_organization(caller, "organization", req.id, f"change organization {req.id}")
+        self._own_organization(
+            caller, "organization", req.id, f"change organization {req.id}", whole=True
+        )
         org = registry.Organization(req.id, "", req.title, req.address, req.address_kz, req.oked)
         async with self._pool.acquire() as conn:
             async with conn.transaction():
@@ -242,7 +250,11 @@ class ControlService:
         )
         async with self._pool.acquire() as conn:
             found = await registry.list_trade_points(
-                conn, organization_id=organization_id, after=req.after, limit=req.limit
+                conn,
+                organization_id=organization_id,
+                point_ids=caller.trade_point_ids or None,
+                after=req.after,
+                limit=req.limit,
             )
         return pb.TradePointList(trade_points=[_point_pb(p) for p in found])
 
@@ -258,11 +270,13 @@ class ControlService:
         )
 
     async def AddTradePoint(self, req: pb.TradePoint, caller: Caller) -> pb.TradePoint:  # noqa: N802
-        self._module(caller, "points")
-        if caller.role != OPERATOR and req.organization_id != caller.organization_id:
-            raise _denied(caller, f"add points to organization {req.organization_id}")
+        wanted = req.organization_id
+        owner = self._own_organization(
+            caller, "points", wanted, f"add points to organization {wanted}", whole=True
+        )
+        point = dataclasses.replace(self._point(req), organization_id=owner)
         async with self._pool.acquire() as conn, conn.transaction():
-            added = await registry.add_trade_point(conn, self._point(req))
+            added = await registry.add_trade_point(conn, point)
             await registry.audit(conn, caller.name, "AddTradePoint", None, id=added.id)
         return _point_pb(added)
 
@@ -471,6 +485,8 @@ class ControlService:
             if organization_id and organization_id != caller.organization_id:
                 raise _denied(caller, f"list devices of organization {organization_id}")
             organization_id = caller.organization_id or 0
+            if req.trade_point_id and not caller.reaches_point(organization_id, req.trade_point_id):
+                raise _denied(caller, f"list devices of trade point {req.trade_point_id}")
         elif caller.role == SERVICE_CENTRE:
             system_ids = caller.system_ids
         status = _STATUS_FROM_PB.get(req.status, "")
@@ -479,6 +495,7 @@ class ControlService:
                 conn,
                 organization_id=organization_id,
                 trade_point_id=req.trade_point_id,
+                point_ids=caller.trade_point_ids or None,
                 status=status,
                 system_ids=system_ids,
                 after=req.after,
@@ -519,6 +536,7 @@ class ControlService:
                 organization_id=req.organization_id or None,
                 system_ids=frozenset(req.system_ids),
                 modules=frozenset(req.modules),
+                trade_point_ids=frozenset(req.trade_point_ids),
             )
             await registry.audit(
                 conn, caller.name, "CreateApiKey", None, id=key_id, name=req.name, role=role
@@ -544,6 +562,7 @@ class ControlService:
             name=caller.name,
             role=_ROLE_TO_PB[caller.role],
             organization_id=caller.organization_id or 0,
+            trade_point_ids=sorted(caller.trade_point_ids),
         )
 
     # --- wiring ---

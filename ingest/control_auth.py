@@ -6,7 +6,8 @@ is stored (api_keys), so a leaked table grants nothing. Three roles:
 - operator: the OFD's staff; every method on everything.
 - organization: an organization's users; its own trade points and their devices, and only the
   modules in ORGANIZATION_MODULES (no blocking, no KGD confirmations, no subscription switches:
-  those are the OFD's acts).
+  those are the OFD's acts). A key may be narrowed to some of the trade points (a shop
+  manager's): it then reaches those points and their devices only, and nothing organization-wide.
 - service_centre: the devices granted to it, and only the modules listed on its key.
 
 On first start `ofd serve` creates an operator key named "bootstrap" and writes it to
@@ -45,6 +46,7 @@ BOOTSTRAP_NAME = "bootstrap"
 # Any constant works; shared by every gateway so that two starting together make one key.
 BOOTSTRAP_LOCK_KEY = 0x0FD0_0002
 MAX_GRANTED_DEVICES = 10_000
+MAX_GRANTED_POINTS = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,18 @@ class Caller:
     organization_id: int | None
     modules: frozenset[str]
     system_ids: frozenset[int]
+    # An organization's key narrowed to these trade points; empty: the whole organization.
+    trade_point_ids: frozenset[int] = frozenset()
+
+    @property
+    def organization_wide(self) -> bool:
+        return self.role == OPERATOR or (self.role == ORGANIZATION and not self.trade_point_ids)
+
+    def reaches_point(self, organization_id: int | None, point_id: int | None) -> bool:
+        """Whether this organization's key reaches a trade point of `organization_id`."""
+        if self.role != ORGANIZATION or organization_id != self.organization_id:
+            return False
+        return not self.trade_point_ids or point_id in self.trade_point_ids
 
     def may_use(self, module: str) -> bool:
         if self.role == OPERATOR:
@@ -91,6 +105,9 @@ async def authenticate(conn: Conn, key: str) -> Caller | None:
     if row is None:
         return None
     devices = await conn.fetch("SELECT system_id FROM api_key_devices WHERE key_id = $1", row["id"])
+    points = await conn.fetch(
+        "SELECT trade_point_id FROM api_key_points WHERE key_id = $1", row["id"]
+    )
     return Caller(
         row["id"],
         row["name"],
@@ -98,6 +115,7 @@ async def authenticate(conn: Conn, key: str) -> Caller | None:
         row["organization_id"],
         frozenset(row["modules"]),
         frozenset(r["system_id"] for r in devices),
+        frozenset(r["trade_point_id"] for r in points),
     )
 
 
@@ -109,6 +127,7 @@ async def create_key(
     organization_id: int | None = None,
     system_ids: frozenset[int] = frozenset(),
     modules: frozenset[str] = frozenset(),
+    trade_point_ids: frozenset[int] = frozenset(),
 ) -> tuple[int, str]:
     """A new key (id, the key itself); the key is not kept anywhere but in the answer."""
     if role not in ROLES:
@@ -129,6 +148,10 @@ async def create_key(
             raise RegistryError("invalid", f"at most {MAX_GRANTED_DEVICES} devices per key")
     elif system_ids or modules:
         raise RegistryError("invalid", "only a service centre key lists devices and modules")
+    if trade_point_ids and role != ORGANIZATION:
+        raise RegistryError("invalid", "only an organization key lists trade points")
+    if len(trade_point_ids) > MAX_GRANTED_POINTS:
+        raise RegistryError("invalid", f"at most {MAX_GRANTED_POINTS} trade points per key")
     key = new_key()
     try:
         async with conn.transaction():
@@ -146,6 +169,20 @@ async def create_key(
                     "INSERT INTO api_key_devices (key_id, system_id) VALUES ($1, $2)",
                     [(key_id, s) for s in sorted(system_ids)],
                 )
+            if trade_point_ids:
+                granted = await conn.fetchval(
+                    "WITH granted AS (INSERT INTO api_key_points (key_id, trade_point_id)"
+                    " SELECT $1, id FROM trade_points WHERE id = ANY($2) AND organization_id = $3"
+                    " RETURNING 1) SELECT count(*) FROM granted",
+                    key_id,
+                    sorted(trade_point_ids),
+                    organization_id,
+                )
+                if granted != len(trade_point_ids):
+                    # Rolls the key back with the transaction.
+                    raise RegistryError(
+                        "invalid", "the key's trade points must be its organization's own"
+                    )
     except asyncpg.ForeignKeyViolationError as err:
         raise RegistryError(
             "not_found", f"refers to something that does not exist: {err.detail}"

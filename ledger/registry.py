@@ -181,13 +181,21 @@ async def list_organizations(
 
 
 async def list_trade_points(
-    conn: Conn, *, organization_id: int = 0, after: int = 0, limit: int = MAX_LIST
+    conn: Conn,
+    *,
+    organization_id: int = 0,
+    point_ids: frozenset[int] | None = None,
+    after: int = 0,
+    limit: int = MAX_LIST,
 ) -> list[TradePoint]:
-    """Trade points in id order, of one organization or of all (0)."""
+    """Trade points in id order, of one organization or of all (0); `point_ids` narrows to
+    those (a caller's scope)."""
     rows = await conn.fetch(
         f"SELECT {TRADE_POINT_COLUMNS} FROM trade_points"
-        " WHERE ($1::bigint = 0 OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3",
+        " WHERE ($1::bigint = 0 OR organization_id = $1)"
+        " AND ($2::bigint[] IS NULL OR id = ANY($2)) AND id > $3 ORDER BY id LIMIT $4",
         organization_id,
+        None if point_ids is None else sorted(point_ids),
         after,
         _page(limit),
     )
@@ -459,13 +467,14 @@ async def list_devices(
     *,
     organization_id: int = 0,
     trade_point_id: int = 0,
+    point_ids: frozenset[int] | None = None,
     status: str = "",
     system_ids: frozenset[int] | None = None,
     after: int = 0,
     limit: int = MAX_LIST,
 ) -> list[Device]:
     """Devices by organization, trade point and status (0 / "" match any), in system id order;
-    `system_ids` narrows to those (a caller's scope)."""
+    `point_ids` and `system_ids` narrow to those (a caller's scope)."""
     if status and status not in DEVICE_STATUSES:
         raise RegistryError("invalid", f"unknown status {status!r}")
     columns = ", ".join(f"d.{c.strip()}" for c in DEVICE_COLUMNS.split(","))
@@ -475,6 +484,7 @@ async def list_devices(
         " AND ($2::bigint = 0 OR d.trade_point_id = $2)"
         " AND ($3::text = '' OR d.status = $3)"
         " AND ($4::bigint[] IS NULL OR d.system_id = ANY($4))"
+        " AND ($7::bigint[] IS NULL OR d.trade_point_id = ANY($7))"
         " AND d.system_id > $5"
         " ORDER BY d.system_id LIMIT $6",
         organization_id,
@@ -483,17 +493,19 @@ async def list_devices(
         None if system_ids is None else sorted(system_ids),
         after,
         _page(limit),
+        None if point_ids is None else sorted(point_ids),
     )
     return [Device(*row) for row in rows]
 
 
-async def organization_of_device(conn: Conn, system_id: int) -> int | None:
-    value: int | None = await conn.fetchval(
-        "SELECT p.organization_id FROM devices d JOIN trade_points p ON p.id = d.trade_point_id"
-        " WHERE d.system_id = $1",
+async def placement_of_device(conn: Conn, system_id: int) -> tuple[int, int] | None:
+    """The (organization id, trade point id) a device stands in; None: no such device."""
+    row = await conn.fetchrow(
+        "SELECT p.organization_id, d.trade_point_id FROM devices d"
+        " JOIN trade_points p ON p.id = d.trade_point_id WHERE d.system_id = $1",
         system_id,
     )
-    return value
+    return None if row is None else (row["organization_id"], row["trade_point_id"])
 
 
 async def organization_of_point(conn: Conn, point_id: int) -> int | None:

@@ -291,6 +291,47 @@ async def test_organizations_and_points_are_listed_and_changed_in_scope(
     assert point_b not in ids(await ofd.ok("point", "list", key=org_key), "trade_points")
 
 
+async def test_a_key_narrowed_to_trade_points_reaches_only_those(ofd: Ofd) -> None:
+    """A shop manager's key: its organization's key, limited to some of its trade points."""
+    org, other_org = await add_org(ofd), await add_org(ofd)
+    mine, sibling = await add_point(ofd, org), await add_point(ofd, org)
+    foreign = await add_point(ofd, other_org)
+    device, sibling_device = await add_device(ofd, mine), await add_device(ofd, sibling)
+    refused_spec = await ofd("key", "add", "--name", "x", "--role", "organization", "--org",
+                             str(org), "--point", str(foreign))  # fmt: skip
+    assert "invalid_argument" in refused_spec.err  # another organization's point
+    manager = (await ofd.ok("key", "add", "--name", "manager-1", "--role", "organization",
+                            "--org", str(org), "--point", str(mine)))["key"]  # fmt: skip
+    me = await ofd.ok("whoami", key=manager)
+    assert [int(p) for p in me["trade_point_ids"]] == [mine]
+
+    await ofd.ok("kkm", "show", str(device), key=manager)
+    await ofd.ok("kkm", "token", str(device), key=manager)
+    listed = await ofd.ok("kkm", "list", key=manager)
+    assert [int(d["system_id"]) for d in listed["devices"]] == [device]
+    points = await ofd.ok("point", "list", key=manager)
+    assert [int(p["id"]) for p in points["trade_points"]] == [mine]
+    await ofd.ok("point", "update", "--id", str(mine), "--title", "Дүкен 1", "--lat", "43238949",
+                 "--lon", "76889709", key=manager)  # fmt: skip
+    for argv in (
+        ("kkm", "show", str(sibling_device)),
+        ("kkm", "token", str(sibling_device)),
+        ("kkm", "list", "--point", str(sibling)),
+        ("point", "update", "--id", str(sibling), "--title", "x"),
+        ("point", "add", "--org", str(org), "--title", "x"),  # organization-wide acts
+        ("org", "update", "--id", str(org), "--title", "x"),
+        ("kkm", "add", "--point", str(sibling), "--kgd", "1", "--serial", "S", "--model", "M",
+         "--year", "2025"),
+    ):  # fmt: skip
+        refused = await ofd(*argv, key=manager)
+        assert "permission_denied" in refused.err, (argv, refused.err)
+    # Its device moved to the sibling point by the operator leaves the manager's reach.
+    for step in ("activate", "deregister-request", "deregister"):
+        await ofd.ok("kkm", step, str(device))
+    await ofd.ok("kkm", "reregister", str(device), "--point", str(sibling))
+    assert "permission_denied" in (await ofd("kkm", "show", str(device), key=manager)).err
+
+
 async def test_coordinates_change_at_most_once_a_day(ofd: Ofd) -> None:
     point = str(await add_point(ofd, await add_org(ofd)))
     base = ("point", "update", "--id", point, "--title", "Дүкен 2")

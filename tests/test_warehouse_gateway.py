@@ -114,9 +114,9 @@ async def test_revenue_per_trade_point_follows_a_device_that_moved(
     await sell(2, 20_000)
     conn = await asyncpg.connect(database_url)
     try:
-        first = (await registry.get_device(conn, sid)).trade_point_id
-        org = await registry.organization_of_device(conn, sid)
-        assert org is not None
+        placement = await registry.placement_of_device(conn, sid)
+        assert placement is not None
+        org, first = placement
         second = await registry.add_trade_point(
             conn, registry.TradePoint(0, org, "Дүкен 2", "Абай 2", "Абай 2", 43238949, 76889709)
         )

@@ -244,18 +244,20 @@ class AuditLog(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class ApiKeySpec(_message.Message):
-    __slots__ = ("name", "role", "organization_id", "system_ids", "modules")
+    __slots__ = ("name", "role", "organization_id", "system_ids", "modules", "trade_point_ids")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_IDS_FIELD_NUMBER: _ClassVar[int]
     MODULES_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_IDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     organization_id: int
     system_ids: _containers.RepeatedScalarFieldContainer[int]
     modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ..., system_ids: _Optional[_Iterable[int]] = ..., modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    trade_point_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ..., system_ids: _Optional[_Iterable[int]] = ..., modules: _Optional[_Iterable[str]] = ..., trade_point_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ApiKeyCreated(_message.Message):
     __slots__ = ("id", "key")
@@ -272,14 +274,16 @@ class ApiKeyRef(_message.Message):
     def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class Caller(_message.Message):
-    __slots__ = ("name", "role", "organization_id")
+    __slots__ = ("name", "role", "organization_id", "trade_point_ids")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_IDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     organization_id: int
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ...) -> None: ...
+    trade_point_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ..., trade_point_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
