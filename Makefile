@@ -36,8 +36,9 @@ test: lint
 	$(BIN)/pytest -q
 
 # Gateway against its echo floor, its scale curve over fleet sizes (local journal, then the
-# production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, then
-# the cost model built from them (bench-results/*.json).
+# production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, the
+# cost model built from them and the warehouse loader (bench-results/*.json); last, the headline
+# numbers of them all (bench-results/summary.json).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.scale
@@ -46,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.kafka_producer
 	$(BIN)/python -m benchmarks.cost_model
 	$(BIN)/python -m benchmarks.warehouse
+	$(BIN)/python -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results

@@ -15,6 +15,8 @@ import pytest
 from conftest import register_device
 
 from benchmarks.bodies import build_pool, ticket_ok_body
+from benchmarks.cost_model import Assumptions
+from benchmarks.cost_model import model as cost_model
 from benchmarks.echo_floor import EchoProtocol
 from benchmarks.grpc_echo_floor import start as start_grpc_floor
 from benchmarks.harness import Window
@@ -24,6 +26,7 @@ from benchmarks.report import Measurement, document, ratios, table
 from benchmarks.scale import P99_TARGET_MS, Point, ScaleConfig, best_under_target
 from benchmarks.scale import document as scale_document
 from benchmarks.scale import table as scale_table
+from benchmarks.summary import main as summary_main
 from ingest.app import RunningGateway
 from ledger.schemas import SCHEMAS
 
@@ -153,24 +156,26 @@ def test_report_table_and_json() -> None:
     assert doc["runs"][1]["total_server_cpu_us_per_request"] == 13.0
 
 
-def test_scale_table_and_json_name_the_best_point_under_the_p99_target() -> None:
-    def point(devices: int, throughput: float, p99_ms: float) -> Point:
-        floor = Measurement("floor", _fake_load(10 * throughput, 100.0), 5.0, 0.5, None, 512)
-        load = _fake_load(throughput, p99_ms * 1000)
-        gateway = Measurement(
-            "gateway", load, 100.0, 1.0, 20.0, 4096, broker_cpu_us_per_request=7.0
-        )
-        return Point(devices, floor, gateway)
+def _scale_point(devices: int, throughput: float, p99_ms: float) -> Point:
+    floor = Measurement("floor", _fake_load(10 * throughput, 100.0), 5.0, 0.5, None, 512)
+    load = _fake_load(throughput, p99_ms * 1000)
+    gateway = Measurement("gateway", load, 100.0, 1.0, 20.0, 4096, broker_cpu_us_per_request=7.0)
+    return Point(devices, floor, gateway)
 
-    points = [point(1, 500.0, 2.0), point(64, 7000.0, 20.0), point(1024, 7500.0, 150.0)]
-    best = best_under_target(points)
+
+SCALE_POINTS = [_scale_point(1, 500.0, 2.0), _scale_point(64, 7000.0, 20.0),
+                _scale_point(1024, 7500.0, 150.0)]  # fmt: skip
+SCALE_CONFIG = ScaleConfig((1, 64, 1024), Window(0.1, 1.0), "persistent", "kafka", 203, Path("x"))
+
+
+def test_scale_table_and_json_name_the_best_point_under_the_p99_target() -> None:
+    best = best_under_target(SCALE_POINTS)
     assert best is not None
     assert best.devices == 64
     assert best.gateway_p99_ms < P99_TARGET_MS
-    config = ScaleConfig((1, 64, 1024), Window(0.1, 1.0), "persistent", "kafka", 203, Path("x"))
-    text = scale_table(points, "kafka")
+    text = scale_table(SCALE_POINTS, "kafka")
     assert "7,000 receipts/s at 64 devices" in text
-    doc = json.loads(json.dumps(scale_document(points, config)))
+    doc = json.loads(json.dumps(scale_document(SCALE_POINTS, SCALE_CONFIG)))
     assert doc["valid"] is True
     assert [p["devices"] for p in doc["points"]] == [1, 64, 1024]
     assert doc["points"][1]["ratio"] == 0.1
@@ -178,3 +183,26 @@ def test_scale_table_and_json_name_the_best_point_under_the_p99_target() -> None
     assert doc["best_under_p99_target"]["devices"] == 64
     assert doc["best_under_p99_target"]["target_met"] is False
     assert doc["best_under_p99_target"]["cores_for_target"] == 1.27
+
+
+def test_summary_collects_every_result_and_names_what_is_missing(tmp_path: Path) -> None:
+    floor = Measurement("floor", _fake_load(1000.0, 3.0), 10.0, 0.5, None, 1024)
+    gateway = Measurement("gateway", _fake_load(400.0, 3.0), 100.0, 0.5, 20.0, 1024)
+    ingest = document([floor, gateway], {"devices": 2})
+    scale = scale_document(SCALE_POINTS, SCALE_CONFIG)
+    docs = {
+        "ingest": ingest,
+        "scale": scale,
+        "scale-kafka": scale,
+        "cost_model": cost_model(ingest, None, Assumptions()),
+    }
+    for stem, doc in docs.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(doc))
+    out = tmp_path / "summary.json"
+    assert summary_main(["--results", str(tmp_path), "--out", str(out)]) == 1  # no warehouse
+    summary = json.loads(out.read_text())["results"]
+    assert summary["warehouse"] is None
+    assert summary["ingest"]["persistent"]["ratio_to_floor"] == 0.4
+    assert summary["scale-kafka"]["peak_at_devices"] == 1024
+    assert summary["scale"]["best_under_p99_target"]["devices"] == 64
+    assert set(summary["cost_model"]) == {"persistent"}
