@@ -2,6 +2,7 @@
 
 ofd serve                                   run a gateway (embedded PostgreSQL by default)
 ofd serve --journal kafka --kafka-bootstrap H:P   journal to Kafka instead of DATA_DIR
+          [--kafka-outage reject|spool]     broker down: answer 254, or spool and replay
 ofd org add --iin 123456789012 --title ...  add an organization
 ofd org update --id O --title ... [--address ...]   its title, addresses, OKED (never its IIN)
 ofd org list [--iin I]                      organizations in the caller's scope
@@ -59,7 +60,7 @@ from ingest.settings import (
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal_view import summarize_journal
-from ledger.kafka_journal import DEFAULT_TOPIC, KafkaSettings
+from ledger.kafka_journal import DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2
@@ -103,6 +104,7 @@ def _kafka_from(args: argparse.Namespace) -> KafkaSettings | None:
         bootstrap_servers=args.kafka_bootstrap,
         topic=args.kafka_topic,
         client_id=f"ofd-{args.gateway_id}",
+        on_outage=args.kafka_outage,
     )
 
 
@@ -223,6 +225,12 @@ def _add_serve(sub: Any) -> None:
         "--kafka-topic",
         default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC),
         help="the journal topic, keyed by device id (with --journal kafka)",
+    )
+    serve.add_argument(
+        "--kafka-outage",
+        choices=OUTAGE_POLICIES,
+        default=_env("OFD_KAFKA_OUTAGE", "reject"),
+        help="broker down: answer 254 (reject) or spool locally and replay in order (spool)",
     )
     serve.add_argument(
         "--secret-hex",

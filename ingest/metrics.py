@@ -22,6 +22,8 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_shed_total{policy}                                  requests shed (answered 254 at once)
     ofd_journal_appends_total                               documents the journal acknowledged
     ofd_journal_lag_changes / _seconds                      changes not yet durable; oldest's wait
+    ofd_journal_spool_bytes, ofd_journal_spooled_total,     the Kafka outage spool: backlog,
+    ofd_journal_replayed_total, ofd_journal_outages_total   records spooled and replayed, outages
     ofd_connections_active / _total / _refused_total        device TCP connections
     ofd_connections_timed_out_total                         closed by the read or idle timeout
     ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
@@ -62,6 +64,7 @@ from ledger.group_commit import CommitStats, GroupCommitter
 from ledger.journal import Journal, JournalEntry
 from ledger.offline import offline_backlog
 from ledger.results import Command, ResultCode
+from ledger.spool_journal import SpoolingJournal, SpoolStats
 
 log = structlog.get_logger(__name__)
 
@@ -244,6 +247,7 @@ class GatewayMetrics:
         self._commit_seconds = Buckets(COMMIT_SECONDS_BUCKETS)
         self._commit_stats: CommitStats | None = None
         self._backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
+        self._spool: SpoolingJournal | None = None
         self._journal: CountingJournal | None = None
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
@@ -276,6 +280,8 @@ class GatewayMetrics:
         return handle
 
     def counting(self, journal: Journal) -> CountingJournal:
+        if isinstance(journal, SpoolingJournal):  # the Kafka outage spool: backlog and counts
+            self._spool = journal
         self._journal = CountingJournal(journal)
         return self._journal
 
@@ -469,6 +475,7 @@ class GatewayMetrics:
             "Documents the journal acknowledged as durable.",
             value=self._journal.appended if self._journal else 0,
         )
+        yield from self._spool_families()
         waiting, age = self._backlog()
         yield GaugeMetricFamily(
             "ofd_journal_lag_changes",
@@ -479,6 +486,26 @@ class GatewayMetrics:
             "ofd_journal_lag_seconds",
             "How long the oldest change not yet durable has waited (0 when none waits).",
             value=age,
+        )
+
+    def _spool_families(self) -> Iterator[Metric]:
+        spool = self._spool
+        stats = spool.stats if spool is not None else SpoolStats()
+        yield GaugeMetricFamily(
+            "ofd_journal_spool_bytes",
+            "Documents spooled locally during a Kafka outage and not yet replayed, in bytes.",
+            value=spool.backlog_bytes if spool is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "ofd_journal_spooled", "Records spooled locally instead of Kafka.", value=stats.spooled
+        )
+        yield CounterMetricFamily(
+            "ofd_journal_replayed", "Spooled records replayed to Kafka.", value=stats.replayed
+        )
+        yield CounterMetricFamily(
+            "ofd_journal_outages",
+            "Times Kafka failed a batch and spooling began.",
+            value=stats.outages,
         )
 
     def _connection_families(self) -> Iterator[Metric]:

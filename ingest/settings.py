@@ -63,6 +63,11 @@ class Settings:
         # Each gateway process owns its journal (its own group commit, DESIGN.md item 7).
         return self.data_dir / "journal" / self.gateway_id
 
+    @property
+    def spool_dir(self) -> Path:
+        # Where a Kafka outage is spooled (--kafka-outage spool); one writer per gateway, too.
+        return self.data_dir / "spool" / self.gateway_id
+
 
 def load_secret(data_dir: Path, secret_hex: str | None) -> bytes:
     """The server secret for fiscal signs and tokens: given, or kept in data_dir/secret."""

@@ -45,6 +45,9 @@ DEFAULT_DELIVERY_TIMEOUT = 3.0
 # 330k records/s, zstd 310k, none 180k; single-record appends take 0.15 ms with lz4, 0.29 with zstd.
 DEFAULT_COMPRESSION = "lz4"
 COMPRESSIONS = frozenset({"none", "gzip", "snappy", "lz4", "zstd"})
+# What a broker outage does: "reject" answers 254 (the device keeps the document and resends);
+# "spool" keeps it in a local spool and replays it in order later (ledger/spool_journal.py).
+OUTAGE_POLICIES = ("reject", "spool")
 KEY_BYTES = 4  # the device id, a u32, big-endian
 # We produce whole group-commit batches at once, so waiting for more records only adds latency:
 # measured, a one-record append takes 0.15 ms with linger 0 and 1.5-1.9 ms with linger 1, while
@@ -69,6 +72,7 @@ class KafkaSettings:
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT  # seconds until a batch counts as failed
     compression: str = DEFAULT_COMPRESSION
     client_id: str = DEFAULT_CLIENT_ID
+    on_outage: str = "reject"
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -77,6 +81,8 @@ class KafkaSettings:
             raise ValueError("kafka topic must not be empty")
         if not self.delivery_timeout > 0:
             raise ValueError("kafka delivery timeout must be positive")
+        if self.on_outage not in OUTAGE_POLICIES:
+            raise ValueError(f"kafka outage policy must be one of {', '.join(OUTAGE_POLICIES)}")
         if self.compression not in COMPRESSIONS:
             raise ValueError(
                 f"kafka compression {self.compression!r} is not one of {sorted(COMPRESSIONS)}"

@@ -33,6 +33,7 @@ from ledger.journal import JournalEntry, LocalJournal
 from ledger.kafka_journal import KafkaJournal, KafkaSettings, decode_key, ensure_topic
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.spool_journal import SpoolingJournal
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
@@ -303,3 +304,198 @@ def test_kafka_settings_are_checked_at_start_up() -> None:
         KafkaSettings("127.0.0.1:1", compression="brotli")
     with pytest.raises(ValueError, match="timeout"):
         KafkaSettings("127.0.0.1:1", delivery_timeout=0)
+
+
+# --- the "spool" outage policy (ledger/spool_journal.py) ---
+
+SPOOL_DEVICES = (101, 102, 103)
+SPOOL_DRAIN_TIMEOUT = 30.0  # the replayer's first retry comes within seconds of the restart
+
+
+def numbered(device_id: int, number: int) -> JournalEntry:
+    return JournalEntry(device_id, f"{device_id}:{number}".encode())
+
+
+def numbers_by_device(records: Sequence[Consumed]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for record in records:
+        device, number = record.value.decode().split(":")
+        assert decode_key(record.key) == int(device)
+        out.setdefault(int(device), []).append(int(number))
+    return out
+
+
+async def wait_drained(journal: SpoolingJournal) -> None:
+    async with asyncio.timeout(SPOOL_DRAIN_TIMEOUT):
+        while journal.spooling:  # noqa: ASYNC110  # the replayer's progress is what is awaited
+            await asyncio.sleep(POLL)
+
+
+def spool_settings(bootstrap: str, name: str) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap,
+        topic=unique_topic(name),
+        delivery_timeout=SHORT_DELIVERY_TIMEOUT,
+        on_outage="spool",
+    )
+
+
+async def test_spool_takes_a_broker_outage_and_replays_it_in_order(tmp_path: Path) -> None:
+    broker = await asyncio.to_thread(TansuBroker, tmp_path / "tansu.log")
+    try:
+        kafka = spool_settings(broker.bootstrap, "spool")
+        await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+        journal = SpoolingJournal(KafkaJournal(kafka), tmp_path / "spool")
+        try:
+            await journal.append([numbered(d, 1) for d in SPOOL_DEVICES])
+            assert not journal.spooling
+            assert journal.stats.spooled == 0
+
+            await asyncio.to_thread(broker.kill)
+            # The batch that finds the broker gone waits its delivery timeout, then is made
+            # durable in the spool; the next ones go straight there, while the broker is down.
+            await journal.append([numbered(d, 2) for d in SPOOL_DEVICES])
+            assert journal.spooling
+            await journal.append([numbered(d, 3) for d in SPOOL_DEVICES])
+            assert journal.stats.outages == 1
+            assert journal.stats.spooled == 2 * len(SPOOL_DEVICES)
+            assert journal.backlog_bytes > 0
+
+            # Memory storage: the restarted broker is empty (record 1 went with it).
+            await asyncio.to_thread(broker.restart)
+            await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+            await wait_drained(journal)
+            assert journal.stats.replayed == 2 * len(SPOOL_DEVICES)
+            assert journal.backlog_bytes == 0
+            await journal.append([numbered(d, 4) for d in SPOOL_DEVICES])
+            assert journal.stats.spooled == 2 * len(SPOOL_DEVICES), "Kafka again, not the spool"
+        finally:
+            await journal.close()
+        records = await asyncio.to_thread(
+            read_topic,
+            broker.bootstrap,
+            kafka.topic,
+            lambda got: (
+                all(4 in ns for ns in numbers_by_device(got).values())
+                and len(numbers_by_device(got)) == len(SPOOL_DEVICES)
+            ),
+        )
+    finally:
+        await asyncio.to_thread(broker.stop)
+    for device, numbers in numbers_by_device(records).items():
+        # In order per device; a record of the batch that timed out may also have arrived late.
+        assert numbers == sorted(numbers), (device, numbers)
+        assert set(numbers) == {2, 3, 4}, (device, numbers)
+    assert not list((tmp_path / "spool").glob("*.seg")) or all(
+        p.stat().st_size == 0 for p in (tmp_path / "spool").glob("*.seg")
+    ), "a drained spool is emptied"
+
+
+async def test_a_spool_left_by_a_stopped_gateway_is_replayed_first(tmp_path: Path) -> None:
+    broker = await asyncio.to_thread(TansuBroker, tmp_path / "tansu.log")
+    try:
+        kafka = spool_settings(broker.bootstrap, "respool")
+        await asyncio.to_thread(broker.kill)
+        first = SpoolingJournal(KafkaJournal(kafka), tmp_path / "spool")
+        for number in (1, 2):
+            await first.append([numbered(d, number) for d in SPOOL_DEVICES])
+        assert first.spooling
+        await first.close()
+
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+        second = SpoolingJournal(KafkaJournal(kafka), tmp_path / "spool")
+        try:
+            assert second.spooling, "the backlog found on start is replayed before anything new"
+            await second.append([numbered(d, 3) for d in SPOOL_DEVICES])
+            await wait_drained(second)
+            await second.append([numbered(d, 4) for d in SPOOL_DEVICES])
+        finally:
+            await second.close()
+        records = await asyncio.to_thread(
+            read_topic,
+            broker.bootstrap,
+            kafka.topic,
+            lambda got: (
+                sum(len(n) for n in numbers_by_device(got).values()) >= 4 * len(SPOOL_DEVICES)
+            ),
+        )
+    finally:
+        await asyncio.to_thread(broker.stop)
+    assert numbers_by_device(records) == {d: [1, 2, 3, 4] for d in SPOOL_DEVICES}
+
+
+async def test_gateway_with_spool_answers_ok_through_a_broker_outage(
+    tmp_path: Path, database_url: str
+) -> None:
+    broker = await asyncio.to_thread(TansuBroker, tmp_path / "tansu.log")
+    try:
+        kafka = spool_settings(broker.bootstrap, "gwspool")
+        await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+        settings = dataclasses.replace(gateway_settings(tmp_path, database_url), kafka=kafka)
+        receipts = 12
+        kill_after, restart_after = 4, 8
+        signs: dict[int, list[str]] = {}
+        reached = [asyncio.Event() for _ in range(receipts + 1)]
+        devices = 3
+
+        async def run_device(port: int) -> None:
+            device = await register_device(database_url)
+            kkm = SimulatedKkm(
+                "127.0.0.1",
+                port,
+                version=VERSION,
+                system_id=device.system_id,
+                token=device.token,
+                retries=0,
+            )
+            got = signs.setdefault(device.system_id, [])
+            for number in range(1, receipts + 1):
+                response = await kkm.send(ticket(number))
+                # Never 254: a document the broker could not take went to the spool.
+                assert response.result.result_code == ResultCode.OK, response.result.result_text
+                got.append(response.ticket.ticket_number)
+                if sum(len(s) >= number for s in signs.values()) == devices:
+                    reached[number].set()
+                await reached[number].wait()  # the devices move together past the outage
+
+        async def outage() -> None:
+            await reached[kill_after].wait()
+            await asyncio.to_thread(broker.kill)
+            await reached[restart_after].wait()
+            await asyncio.to_thread(broker.start)
+            await asyncio.to_thread(ensure_topic, kafka, PARTITIONS)
+
+        async with running_gateway(settings) as gateway:
+            async with asyncio.TaskGroup() as tasks:
+                for _ in range(devices):
+                    tasks.create_task(run_device(gateway.tcp.port))
+                tasks.create_task(outage())
+            after_kill = {sign for got in signs.values() for sign in got[kill_after:]}
+            records = await asyncio.to_thread(
+                read_topic,
+                broker.bootstrap,
+                kafka.topic,
+                lambda got: (
+                    {JournalRecord.FromString(r.value).fiscal_sign for r in got} >= after_kill
+                ),
+            )
+            spool = {
+                sample.name: sample.value
+                for family in gateway.metrics.collect()
+                for sample in family.samples
+                if sample.name.startswith("ofd_journal_")
+            }
+    finally:
+        await asyncio.to_thread(broker.stop)
+    assert spool["ofd_journal_outages_total"] >= 1
+    assert spool["ofd_journal_spooled_total"] >= 1
+    assert spool["ofd_journal_replayed_total"] == spool["ofd_journal_spooled_total"]
+    assert spool["ofd_journal_spool_bytes"] == 0
+    journaled = journal_records(records)
+    # Everything answered after the broker went down is in the topic (what it held before went
+    # with its memory storage), in each device's order.
+    assert {r.fiscal_sign for r in journaled} >= after_kill
+    for system_id, got in signs.items():
+        order = [got.index(r.fiscal_sign) for r in journaled if r.device_id == system_id]
+        assert order == sorted(order), (system_id, order)
