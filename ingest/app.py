@@ -88,7 +88,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             await migrate(conn)
             if settings.control_auth:
                 await ensure_bootstrap_key(conn, settings.data_dir)
-        journal = open_journal(settings)
+        journal = await open_journal(settings)
         metrics = GatewayMetrics(settings.gateway_id)
         committer = GroupCommitter(pool, metrics.counting(journal), settings.commit)
         metrics.watch_commits(committer)

@@ -60,7 +60,7 @@ from ingest.settings import (
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal_view import summarize_journal
-from ledger.kafka_journal import DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
+from ledger.kafka_journal import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2
@@ -105,6 +105,7 @@ def _kafka_from(args: argparse.Namespace) -> KafkaSettings | None:
         topic=args.kafka_topic,
         client_id=f"ofd-{args.gateway_id}",
         on_outage=args.kafka_outage,
+        partitions=args.kafka_partitions,
     )
 
 
@@ -225,6 +226,12 @@ def _add_serve(sub: Any) -> None:
         "--kafka-topic",
         default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC),
         help="the journal topic, keyed by device id (with --journal kafka)",
+    )
+    serve.add_argument(
+        "--kafka-partitions",
+        type=int,
+        default=int(_env("OFD_KAFKA_PARTITIONS", str(DEFAULT_PARTITIONS))),
+        help="partitions of the journal topic when the gateway creates it",
     )
     serve.add_argument(
         "--kafka-outage",

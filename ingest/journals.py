@@ -6,16 +6,30 @@ instead, as in production, and with the "spool" outage policy keeps a local spoo
 the broker is down. All honour the same `Journal` contract: durable on return.
 """
 
+import asyncio
+
+import structlog
+
 from ingest.settings import Settings
+from ledger.errors import SinkError
 from ledger.journal import Journal, LocalJournal
-from ledger.kafka_journal import KafkaJournal
+from ledger.kafka_journal import KafkaJournal, ensure_topic
 from ledger.spool_journal import SpoolingJournal
 
+log = structlog.get_logger(__name__)
 
-def open_journal(settings: Settings) -> Journal:
-    """The gateway's journal (called on its event loop: the spool's replayer is a task)."""
+
+async def open_journal(settings: Settings) -> Journal:
+    """The gateway's journal (on its event loop: the spool's replayer is a task). A Kafka topic
+    that does not exist yet is created; a broker that cannot be asked is not fatal here (it
+    may come up later: until then batches are answered 254 or spooled, as configured)."""
     if settings.kafka is None:
         return LocalJournal(settings.journal_dir)
+    try:
+        if await asyncio.to_thread(ensure_topic, settings.kafka):
+            log.info("kafka_topic_created", topic=settings.kafka.topic)
+    except SinkError as err:
+        log.warning("kafka_topic_unchecked", topic=settings.kafka.topic, error=str(err))
     kafka = KafkaJournal(settings.kafka)
     if settings.kafka.on_outage == "spool":
         return SpoolingJournal(kafka, settings.spool_dir)

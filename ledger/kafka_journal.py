@@ -48,6 +48,10 @@ COMPRESSIONS = frozenset({"none", "gzip", "snappy", "lz4", "zstd"})
 # What a broker outage does: "reject" answers 254 (the device keeps the document and resends);
 # "spool" keeps it in a local spool and replays it in order later (ledger/spool_journal.py).
 OUTAGE_POLICIES = ("reject", "spool")
+# A topic the gateway creates at start (an existing one is left as it is): partitions bound how
+# many loaders share the work, and a device's documents stay in one partition whatever the count.
+DEFAULT_PARTITIONS = 12
+MAX_PARTITIONS = 10_000
 KEY_BYTES = 4  # the device id, a u32, big-endian
 # We produce whole group-commit batches at once, so waiting for more records only adds latency:
 # measured, a one-record append takes 0.15 ms with linger 0 and 1.5-1.9 ms with linger 1, while
@@ -73,6 +77,8 @@ class KafkaSettings:
     compression: str = DEFAULT_COMPRESSION
     client_id: str = DEFAULT_CLIENT_ID
     on_outage: str = "reject"
+    partitions: int = DEFAULT_PARTITIONS
+    replication_factor: int = 1
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -81,6 +87,10 @@ class KafkaSettings:
             raise ValueError("kafka topic must not be empty")
         if not self.delivery_timeout > 0:
             raise ValueError("kafka delivery timeout must be positive")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"kafka partitions must be 1..{MAX_PARTITIONS}")
+        if self.replication_factor < 1:
+            raise ValueError("kafka replication factor must be at least 1")
         if self.on_outage not in OUTAGE_POLICIES:
             raise ValueError(f"kafka outage policy must be one of {', '.join(OUTAGE_POLICIES)}")
         if self.compression not in COMPRESSIONS:
@@ -305,8 +315,9 @@ def _checked_keys(entries: Sequence[JournalEntry]) -> list[bytes]:
     return keys
 
 
-def ensure_topic(settings: KafkaSettings, partitions: int, *, replication_factor: int = 1) -> bool:
-    """Blocking: creates the topic unless it exists. Returns whether it was created.
+def ensure_topic(settings: KafkaSettings, partitions: int | None = None) -> bool:
+    """Blocking: creates the topic (`partitions`, else the settings') unless it exists.
+    Returns whether it was created.
 
     Production topics are provisioned with the cluster (deploy/); this serves tests, the
     embedded demo and first start-up. The topic admits records of MAX_RECORD_BYTES.
@@ -316,8 +327,8 @@ def ensure_topic(settings: KafkaSettings, partitions: int, *, replication_factor
     )
     topic = NewTopic(
         settings.topic,
-        num_partitions=partitions,
-        replication_factor=replication_factor,
+        num_partitions=partitions or settings.partitions,
+        replication_factor=settings.replication_factor,
         config={"max.message.bytes": str(MAX_REQUEST_BYTES)},
     )
     futures = admin.create_topics(

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from conftest import gateway_settings, register_device
 
 from ingest.app import running_gateway
@@ -283,12 +284,27 @@ async def test_broker_down_answers_254_and_resend_is_accepted_after_restart(
 
 async def test_open_journal_follows_the_settings(tmp_path: Path, kafka_bootstrap: str) -> None:
     local_settings = gateway_settings(tmp_path, "postgresql://unused")
-    local = open_journal(local_settings)
+    local = await open_journal(local_settings)
     assert isinstance(local, LocalJournal)
     await local.close()
-    kafka = open_journal(dataclasses.replace(local_settings, kafka=KafkaSettings(kafka_bootstrap)))
+    settings = KafkaSettings(kafka_bootstrap, topic=unique_topic("opened"), partitions=3)
+    kafka = await open_journal(dataclasses.replace(local_settings, kafka=settings))
     assert isinstance(kafka, KafkaJournal)
     await kafka.close()
+    # The gateway made the topic with the partitions asked for; a second start leaves it.
+    assert not await asyncio.to_thread(ensure_topic, settings)
+    assert await asyncio.to_thread(topic_partitions, kafka_bootstrap, settings.topic) == 3
+    spooling = dataclasses.replace(settings, on_outage="spool")
+    spool = await open_journal(dataclasses.replace(local_settings, kafka=spooling))
+    assert isinstance(spool, SpoolingJournal)
+    await spool.close()
+
+
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(
+        topic, timeout=READ_TIMEOUT
+    )
+    return len(metadata.topics[topic].partitions)
 
 
 def test_serve_refuses_kafka_without_bootstrap(
@@ -304,6 +320,10 @@ def test_kafka_settings_are_checked_at_start_up() -> None:
         KafkaSettings("127.0.0.1:1", compression="brotli")
     with pytest.raises(ValueError, match="timeout"):
         KafkaSettings("127.0.0.1:1", delivery_timeout=0)
+    with pytest.raises(ValueError, match="partitions"):
+        KafkaSettings("127.0.0.1:1", partitions=0)
+    with pytest.raises(ValueError, match="outage"):
+        KafkaSettings("127.0.0.1:1", on_outage="ignore")
 
 
 # --- the "spool" outage policy (ledger/spool_journal.py) ---
