@@ -310,3 +310,5 @@ def test_command_line_with_its_own_gateway_verifies_and_exits_0(
     assert code == 0, printed
     assert "verification passed" in printed
     assert "gateway stopped (exit code 0)" in printed
+    assert "peak memory: fleet" in printed
+    assert "peak memory: gateway" in printed
