@@ -24,6 +24,7 @@ from typing import Any
 
 from ingest.settings import DEFAULT_DATA_DIR
 from ledger.kafka_journal import DEFAULT_TOPIC
+from ledger.warehouse.kafka_source import DEFAULT_GROUP
 from ledger.warehouse.loader import DEFAULT_BATCH_RECORDS, LoaderSettings
 from ledger.warehouse.reports import QueryRefused, ReportLimits
 from ledger.warehouse.service import ServiceError, ServiceSettings, query, run_service
@@ -79,6 +80,7 @@ def _run_load(args: argparse.Namespace) -> int:
         limits=_limits(args),
         kafka_bootstrap=args.kafka_bootstrap or None,
         kafka_topic=args.kafka_topic,
+        kafka_group=args.kafka_group,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -146,6 +148,11 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
         help="read the journal from Kafka (host:port) instead of DATA_DIR/journal",
     )
     load.add_argument("--kafka-topic", default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC))
+    load.add_argument(
+        "--kafka-group",
+        default=_env("OFD_KAFKA_GROUP", DEFAULT_GROUP),
+        help="the loaders' consumer group: loaders of one group split the topic's partitions",
+    )
     load.set_defaults(run=_run_load)
 
     q = sub.add_parser("query", help="read-only SQL over the warehouse")

@@ -1,4 +1,5 @@
-"""End to end: gateways journal to a real broker (tansu), the loader (its own process) feeds chDB.
+"""End to end: gateways journal to a real broker (tansu), the loader (its own process, a member of
+a consumer group) feeds chDB.
 
 Devices send receipts while the loader is killed (SIGKILL) and restarted twice and the broker is
 stopped and restarted once; afterwards every acknowledged document is in the warehouse exactly
@@ -8,6 +9,9 @@ tansu keeps its log in memory, so its restart loses every record and the topic: 
 loader catch up before stopping it (what the broker held and lost is what a real cluster would
 have kept), recreates the topic, and checks that the loader, whose stored offsets are then past
 the new log's end, starts that partition over instead of waiting for offsets that never come.
+A killed loader stays in the group until its session times out, so its restart gets the
+partitions about 11 s later (see ledger/warehouse/kafka_source.py); the broker's restart loses the
+group too, and the running loader joins it again.
 """
 
 import asyncio
@@ -84,7 +88,8 @@ def _start_loader(data_dir: Path, broker: TansuBroker, topic: str) -> subprocess
     return subprocess.Popen(
         [
             sys.executable, "-m", "ingest.cli", "load", "--data-dir", str(data_dir),
-            "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic, "--batch", "25",
+            "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
+            "--kafka-group", f"group.{topic}", "--batch", "25",
         ],
         stdout=log, stderr=log, env=os.environ.copy(),
     )  # fmt: skip

@@ -1,128 +1,319 @@
-"""The loader's Kafka source: a journal topic's partition, read from the warehouse's position.
+"""The loader's Kafka source: a member of the loaders' consumer group on the journal topic.
 
-Partitions are assigned, not subscribed: the position that matters is the one stored in the
-warehouse after each insert (so it moves only after the insert, and a crash replays from it),
-and tansu, the broker the tests run, completes a group join only after the rebalance timeout.
-Loaders split a topic's partitions between them (`partitions`); one device's documents are in one
-partition, so no two loaders ever hold the same identity at once.
+Loaders of one topic join one consumer group (`DEFAULT_GROUP`), and the group splits the topic's
+partitions between them; one device's documents are in one partition, so no two loaders hold the
+same identity at once. The offset a partition is read from is the position the warehouse stores
+after each insert (`loader_positions`), not the group's committed offset: on assignment each
+partition is placed there. The committed offset follows the warehouse position (it is written
+after it) only so that standard tools can show the group's lag.
+
+The member polls once per loader step (`__call__`); the group's callbacks run inside that poll,
+between batches, so a partition is revoked only while no batch of it is in flight. A partition
+that arrives in a poll is offered from the next one: a partition revoked and given back in one
+poll is thus missing from one list, and the loader reads its position from the warehouse again
+(another member may have moved it). A batch must end within MAX_POLL_INTERVAL_MS: a member that
+overruns it is dropped from the group while still inserting.
+
+Measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafka 2.16.0), eager assignment,
+a topic of 4 partitions, heartbeat.interval.ms 1000, each member a process of its own that
+subscribes and polls every 0.1 s; times from `subscribe()` (or the kill) to `on_assign`:
+
+- the first member gets every partition about session.timeout.ms / 2 after `subscribe()`
+  (3.0 s at 6000 ms, 5.0 s at 10000 ms, 1.05 s at 2000 ms), whatever max.poll.interval.ms is;
+  tansu waits that long for more members before it assigns;
+- a second member: the first is revoked about one heartbeat later, both are assigned half the
+  partitions 4.0-4.2 s after the second's `subscribe()` (6.0 s at 10000 ms);
+- a member that leaves (`close()`): the others hold its partitions 3.9 s later;
+- a member killed (SIGKILL): the others hold its partitions 9.7-9.8 s later (the session timeout,
+  a heartbeat, then the same wait), also with max.poll.interval.ms at 30000;
+- a loader restarted after SIGKILL joins a group that still lists the dead member: 11.2 s to get
+  the partitions; after a clean close, 3.2 s;
+- cooperative-sticky assignment took 11 s to give the second member its partitions, so the
+  eager protocol is used;
+- a member whose process lives but which stops polling (a batch outlasting
+  max.poll.interval.ms, 10000 ms then) kept a member that joined next from getting any partition
+  for the 120 s watched: hence MAX_POLL_INTERVAL_MS far above any batch.
+
+Kafka refuses session timeouts below its group.min.session.timeout.ms (6000 ms by default), so
+SESSION_TIMEOUT_MS stays there.
 
 A broker that lost its log (tansu's memory storage after a restart, a topic recreated) has its
 end below the stored offset. Kafka answers such a fetch as out of range (and the consumer resets
 to the earliest record); tansu just answers nothing. So an idle partition's watermarks are looked
-at (at most every WATERMARK_CHECK seconds): an end below the position starts the partition over
-from its first record, and what is read twice collapses by document identity. tansu's high
-watermark can be low (it counts batches), which then costs a re-read, never a loss.
+at (at most every WATERMARK_CHECK seconds). tansu's high watermark is the first offset of the
+last batch + 1, not the last offset + 1 (measured: 24 records produced one per batch -> 24;
+in batches of 4 -> 21; in one batch -> 1), so a high watermark below the position proves
+nothing by itself: the record before the position is fetched again, and only when it does not
+come back within WATERMARK_CHECK does the partition start over from its first record; what is
+read twice collapses by document identity. A log lost and refilled past the position before the
+loader looks is not noticed: its records below the position are skipped (offsets alone cannot
+tell the two logs apart). The lag gauge (high watermark minus position) under-counts on tansu
+by up to one batch less one record.
 """
 
+import itertools
 import time
-import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from ledger.warehouse.loader import Source
 
 log = structlog.get_logger(__name__)
 
-CONSUME_TIMEOUT = 0.2  # seconds one read waits for records; bounds how fast an idle loader steps
-METADATA_TIMEOUT = 10.0
+DEFAULT_GROUP = "ofd-warehouse"
+CONSUME_TIMEOUT = 0.2  # seconds one poll waits for records; bounds how fast an idle loader steps
 MAX_FETCH_BYTES = 16 * 1024 * 1024
+SESSION_TIMEOUT_MS = 6_000  # a killed loader's partitions move on after about 10 s (measured)
+HEARTBEAT_INTERVAL_MS = 1_000
+MAX_POLL_INTERVAL_MS = 60_000  # the longest one batch may take to insert; far above a batch
+ASSIGNMENT_STRATEGY = "range"  # eager: measured faster on tansu than cooperative-sticky
 WATERMARK_CHECK = 2.0  # seconds between looks at an idle partition's end
 WATERMARK_TIMEOUT = 2.0
 
+Positions = Callable[[str], int]  # a source name -> the position the warehouse holds for it
 
-class KafkaPartitionSource:
-    def __init__(self, bootstrap: str, topic: str, partition: int) -> None:
-        self.name = f"kafka:{topic}:{partition}"
-        self._topic, self._partition = topic, partition
+
+def source_name(topic: str, partition: int) -> str:
+    return f"kafka:{topic}:{partition}"
+
+
+class KafkaPartition:
+    """One partition for as long as this member holds it; a new object each assignment.
+
+    Records the member polled wait in `_buffered` until the loader stored a position past them;
+    the partition is paused while a batch's worth waits, so the buffer stays bounded.
+    """
+
+    unit = "records"
+
+    def __init__(self, member: "KafkaGroupMember", partition: int, position: int) -> None:
+        self.name = source_name(member.topic, partition)
+        self.partition = partition
+        self.revoked = False
+        self._member = member
+        self._start = position  # the position the buffer starts at
+        self._next = position  # the offset the consumer delivers next
+        self._buffered: deque[tuple[int, bytes]] = deque()
+        self._high: int | None = None
+        self._checked = time.monotonic()
+        self._rewound_to: int | None = None
+        self._probe: int | None = None  # the position whose preceding record is asked back
+        self._intact: int | None = None  # a position that record was found for
+
+    def take(self, offset: int, value: bytes) -> None:
+        if offset >= self._next:  # older ones were fetched before a seek
+            self._buffered.append((offset + 1, value))
+            self._next = offset + 1
+
+    def full(self, limit: int) -> bool:
+        return len(self._buffered) >= limit
+
+    def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
+        if self.revoked:
+            return []
+        if self._probe is not None and not self._probe_answered(self._probe):
+            return []
+        if self._rewound_to is not None:
+            position = self._rewound_to  # the log was lost: ahead of the stored position
+        if position != self._start:
+            self._drop_through(position)
+        if position != self._start:
+            self._seek(position)
+        if self._buffered:
+            return list(itertools.islice(self._buffered, limit))
+        if time.monotonic() - self._checked >= WATERMARK_CHECK:
+            self._checked = time.monotonic()
+            self._restart_if_truncated(position)
+        return []
+
+    def _drop_through(self, position: int) -> None:
+        if not self._start < position <= self._next:
+            return
+        while self._buffered and self._buffered[0][0] <= position:
+            self._buffered.popleft()
+        self._start = position
+
+    def _seek(self, position: int) -> bool:
+        try:
+            self._member.seek(self.partition, position)
+        except KafkaException as err:  # not fetching yet: the next read tries again
+            log.warning("warehouse_kafka_seek", source=self.name, error=str(err))
+            return False
+        self._buffered.clear()
+        self._start = self._next = position
+        return True
+
+    def _restart_if_truncated(self, position: int) -> None:
+        try:
+            low, high = self._member.watermarks(self.partition)
+        except KafkaException as err:
+            log.warning("warehouse_kafka_watermarks", source=self.name, error=str(err))
+            return
+        self._high = high
+        if high >= position or position in (low, self._intact):
+            return
+        # tansu's high watermark is the last batch's first offset + 1, so a high watermark
+        # below the position may only mean the last batch held several records: ask for the
+        # record before the position again, and restart only if it is not there.
+        if self._seek(position - 1):
+            self._probe = position
+
+    def _probe_answered(self, probe: int) -> bool:
+        """Whether the probe is over: the record came back (the log is intact) or, once
+        WATERMARK_CHECK passed without it, the partition starts over from its first record."""
+        if self._next >= probe:
+            self._intact, self._probe = probe, None
+            return True
+        if time.monotonic() - self._checked < WATERMARK_CHECK:
+            return False
+        self._checked = time.monotonic()
+        try:
+            low, high = self._member.watermarks(self.partition)
+        except KafkaException as err:
+            log.warning("warehouse_kafka_watermarks", source=self.name, error=str(err))
+            return False
+        log.warning(
+            "warehouse_kafka_log_behind_position",
+            source=self.name,
+            position=probe,
+            low=low,
+            high=high,
+        )
+        self._probe = None
+        self._rewound_to = low
+        self._seek(low)
+        return True
+
+    def committed(self, position: int) -> None:
+        # Once a batch after a rewind is stored, the stored position is the one to follow again.
+        self._rewound_to = None
+        self._drop_through(position)
+        if not self.revoked:
+            self._member.commit(self.partition, position)
+
+    def end(self) -> int | None:
+        high = self._member.cached_high(self.partition)
+        return high if high is not None else self._high
+
+
+class KafkaGroupMember:
+    """The loader's sources from a consumer group: `()` polls and lists the held partitions."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        positions: Positions,
+        *,
+        group: str = DEFAULT_GROUP,
+        batch_records: int,
+    ) -> None:
+        self.topic = topic
+        self._positions = positions
+        self._limit = batch_records
+        self._held: dict[int, KafkaPartition] = {}
+        # The partitions held, replaced whole (other threads read it: tests, a status page).
+        self.assigned: frozenset[int] = frozenset()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                # Required by librdkafka, never joined: positions live in the warehouse.
-                "group.id": f"ofd-warehouse-{uuid.uuid4().hex[:8]}",
+                "group.id": group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+                "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
+                "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
                 "fetch.max.bytes": MAX_FETCH_BYTES,
                 "log_level": 3,
             }
         )
-        self._next: int | None = None  # the offset the consumer will deliver next
-        self._checked = time.monotonic()
-        self._rewound_to: int | None = None
-
-    def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
-        if self._rewound_to is not None:
-            position = self._rewound_to  # the log was lost: ahead of the stored position
-        if self._next != position:
-            where = TopicPartition(self._topic, self._partition, position)
-            if self._next is None:
-                self._consumer.assign([where])
-            else:
-                self._consumer.seek(where)
-            self._next = position
-        out: list[tuple[int, bytes]] = []
-        for message in self._consumer.consume(limit, timeout=CONSUME_TIMEOUT):
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("warehouse_kafka_read", source=self.name, error=str(error))
-                continue
-            offset, value = message.offset(), message.value()
-            if offset is None or value is None:
-                continue
-            out.append((offset + 1, value))
-        if out:
-            self._next = out[-1][0]
-        elif time.monotonic() - self._checked >= WATERMARK_CHECK:
-            self._checked = time.monotonic()
-            return self._restart_if_truncated(position, limit)
-        return out
-
-    def _restart_if_truncated(self, position: int, limit: int) -> list[tuple[int, bytes]]:
-        where = TopicPartition(self._topic, self._partition)
-        try:
-            low, high = self._consumer.get_watermark_offsets(where, timeout=WATERMARK_TIMEOUT)
-        except KafkaException as err:
-            log.warning("warehouse_kafka_watermarks", source=self.name, error=str(err))
-            return []
-        if high >= position or position == low:
-            return []
-        log.warning(
-            "warehouse_kafka_log_behind_position",
-            source=self.name,
-            position=position,
-            low=low,
-            high=high,
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        self._rewound_to = low
-        return self.read(low, limit)
 
-    def committed(self, position: int) -> None:
-        # The warehouse holds the position (Kafka group offsets are not used); once a batch
-        # after a rewind is stored, the stored position is the one to follow again.
-        self._rewound_to = None
+    def __call__(self) -> list[Source]:
+        offered = list(self._held.values())  # what arrives in this poll is offered next time
+        for message in self._consumer.consume(self._limit, timeout=CONSUME_TIMEOUT):
+            self._take(message)
+        self._pause_full()
+        return [p for p in offered if not p.revoked]
+
+    def _take(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("warehouse_kafka_read", topic=self.topic, error=str(error))
+            return
+        partition, offset, value = message.partition(), message.offset(), message.value()
+        held = None if partition is None else self._held.get(partition)
+        if held is not None and offset is not None and value is not None:
+            held.take(offset, value)
+
+    def _pause_full(self) -> None:
+        # Every partition every poll: a pause can outlive a revocation in librdkafka, so a
+        # record of which ones this member paused would drift from the consumer's own.
+        full: list[TopicPartition] = []
+        room: list[TopicPartition] = []
+        for number, held in self._held.items():
+            (full if held.full(self._limit) else room).append(TopicPartition(self.topic, number))
+        if full:
+            self._consumer.pause(full)
+        if room:
+            self._consumer.resume(room)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        start = []
+        for where in partitions:
+            name = source_name(self.topic, where.partition)
+            try:
+                position = self._positions(name)
+            except Exception as err:  # the warehouse is away: the loader's read seeks later
+                log.warning("warehouse_kafka_position_unread", source=name, error=str(err))
+                position = 0
+            held = KafkaPartition(self, where.partition, position)
+            self._held[where.partition] = held
+            start.append(TopicPartition(self.topic, where.partition, position))
+        consumer.assign(start)
+        self.assigned = frozenset(self._held)
+        log.info("warehouse_kafka_assigned", partitions=[p.partition for p in start])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Called between batches: the buffered records are dropped, no position moves for them.
+        for where in partitions:
+            held = self._held.pop(where.partition, None)
+            if held is not None:
+                held.revoked = True
+        self.assigned = frozenset(self._held)
+        consumer.unassign()
+        log.info("warehouse_kafka_revoked", partitions=[p.partition for p in partitions])
+
+    def seek(self, partition: int, position: int) -> None:
+        self._consumer.seek(TopicPartition(self.topic, partition, position))
+
+    def watermarks(self, partition: int) -> tuple[int, int]:
+        where = TopicPartition(self.topic, partition)
+        low, high = self._consumer.get_watermark_offsets(where, timeout=WATERMARK_TIMEOUT)
+        return int(low), int(high)
+
+    def cached_high(self, partition: int) -> int | None:
+        """The high watermark of the last fetch response (no request to the broker)."""
+        where = TopicPartition(self.topic, partition)
+        cached = self._consumer.get_watermark_offsets(where, cached=True)
+        high = None if cached is None else int(cached[1])
+        return high if high is not None and high >= 0 else None
+
+    def commit(self, partition: int, position: int) -> None:
+        """The group's offset, for lag tools: after the warehouse stored `position`."""
+        where = TopicPartition(self.topic, partition, position)
+        try:
+            self._consumer.commit(offsets=[where], asynchronous=True)
+        except KafkaException as err:  # a rebalance under way: the next batch commits again
+            log.info("warehouse_kafka_commit", topic=self.topic, error=str(err))
 
     def close(self) -> None:
         self._consumer.close()
-
-
-def partition_count(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ofd-warehouse-metadata"})
-    try:
-        metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None:
-            raise RuntimeError(f"kafka topic {topic} is not there")
-        return len(described.partitions)
-    finally:
-        consumer.close()
-
-
-def kafka_sources(
-    bootstrap: str, topic: str, partitions: Sequence[int] | None = None
-) -> list[Source]:
-    """A source per partition of `topic` (all of them unless `partitions` names some)."""
-    chosen = range(partition_count(bootstrap, topic)) if partitions is None else partitions
-    return [KafkaPartitionSource(bootstrap, topic, p) for p in chosen]

@@ -18,6 +18,14 @@ twice (answered 254, resent later) has one identity, so its second copy is dropp
 wherever it arrives. The per-batch check is one indexed SELECT: the
 loader, not ClickHouse merges, keeps the materialized views' aggregates exact.
 
+Sources come and go (a consumer group moves Kafka partitions between loaders): a source missing
+from one step's list is forgotten, and its position is read from the warehouse again when it
+comes back, since another loader may have moved it meanwhile.
+
+Lag is the source's end minus the loader's position, after each step: records for a Kafka
+partition (its high watermark), bytes for a local journal (the end of its last segment, a record
+being written included).
+
 Freshness (acknowledgement to visibility) is observed per document once its insert returned:
 now minus the gateway's receive time, which precedes the acknowledgement by the group commit
 (milliseconds), so the figure is a slight over-estimate, never an under-estimate.
@@ -34,9 +42,9 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from ledger.journal import JournalReader
+from ledger.journal import SEGMENT_SUFFIX, JournalReader
 from ledger.warehouse.backends import Row, Warehouse
 from ledger.warehouse.rows import decode_record, document_row, format_micros
 
@@ -63,6 +71,18 @@ DUPLICATES = Counter(
     "ofd_warehouse_duplicates_dropped_total",
     "Journal records whose document identity the warehouse already held",
 )
+LAG = {
+    "records": Gauge(
+        "ofd_warehouse_lag_records",
+        "Records of a Kafka partition past the loader's position (high watermark minus position)",
+        ["source"],
+    ),
+    "bytes": Gauge(
+        "ofd_warehouse_lag_bytes",
+        "Bytes of a local journal past the loader's position",
+        ["source"],
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +101,7 @@ class Source(Protocol):
     """Where records come from; `name` keys the position stored in the warehouse."""
 
     name: str
+    unit: str  # of positions, a key of LAG: "records" or "bytes"
 
     def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to `limit` (position after the record, payload) pairs from `position`."""
@@ -88,12 +109,18 @@ class Source(Protocol):
     def committed(self, position: int) -> None:
         """Told after the warehouse stored `position` (a Kafka source may commit its offset)."""
 
+    def end(self) -> int | None:
+        """The source's end as last seen, for the lag gauge; None when not known."""
+
 
 class LocalJournalSource:
     """One gateway's local journal directory."""
 
+    unit = "bytes"
+
     def __init__(self, directory: Path) -> None:
         self.name = f"local:{directory.name}"
+        self._directory = directory
         self._reader = JournalReader(directory)
 
     def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
@@ -106,6 +133,17 @@ class LocalJournalSource:
 
     def committed(self, position: int) -> None:
         pass
+
+    def end(self) -> int | None:
+        # Segments are named by the position of their first byte, zero-padded: the last name
+        # sorts last.
+        segments = sorted(self._directory.glob(f"*{SEGMENT_SUFFIX}"))
+        if not segments or not segments[-1].stem.isdigit():
+            return None
+        try:
+            return int(segments[-1].stem) + segments[-1].stat().st_size
+        except FileNotFoundError:
+            return None  # trimmed away under us: the next step looks again
 
 
 def local_sources(journal_root: Path) -> list[Source]:
@@ -214,6 +252,7 @@ class Loader:
         self._settings = settings or LoaderSettings()
         self._positions: dict[str, int] = {}
         self._intents: dict[str, Intent | None] = {}  # read once per source, then kept here
+        self._lag_units: dict[str, str] = {}  # the lag gauge each source last set
         self._inserts = 0
         crash = os.environ.get(CRASH_AFTER_INSERT_ENV, "")
         self._crash_after = int(crash) if crash.isdigit() else 0
@@ -286,13 +325,32 @@ class Loader:
 
     def step(self) -> int:
         """One batch from each source that has records; returns how many records were read."""
+        sources = self._sources()
+        self._forget_all_but({source.name for source in sources})
         total = 0
-        for source in self._sources():
+        for source in sources:
             records = source.read(self._position(source), self._settings.batch_records)
             if records:
                 result = self.load(source, records)
                 total += result.records
+            self._report_lag(source)
         return total
+
+    def _forget_all_but(self, names: set[str]) -> None:
+        for name in self._positions.keys() - names:
+            del self._positions[name]
+        for name in self._intents.keys() - names:
+            del self._intents[name]
+        for name in self._lag_units.keys() - names:
+            LAG[self._lag_units.pop(name)].remove(name)  # its new holder reports it
+
+    def _report_lag(self, source: Source) -> None:
+        end = source.end()
+        if end is None:
+            return
+        # A low end (a broker that lost its log) is no lag: the position follows it back.
+        LAG[source.unit].labels(source=source.name).set(max(end - self._position(source), 0))
+        self._lag_units[source.name] = source.unit
 
     def run(self, stop: threading.Event) -> None:
         """Steps until `stop` is set; waits `poll_interval` whenever every source was idle."""

@@ -18,19 +18,19 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ledger.kafka_journal import DEFAULT_TOPIC
 from ledger.warehouse.backends import Row, Warehouse, open_warehouse
-from ledger.warehouse.kafka_source import kafka_sources
-from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources
+from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
+from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
 from ledger.warehouse.reports import QueryRefused, ReportLimits, run_query, run_report
 
 log = structlog.get_logger(__name__)
@@ -55,26 +55,21 @@ class ServiceSettings:
     load: bool = True  # False: answer queries only (e.g. while another loader feeds a server)
     kafka_bootstrap: str | None = None  # read the Kafka journal instead of the local ones
     kafka_topic: str = DEFAULT_TOPIC
+    kafka_group: str = DEFAULT_GROUP  # the loaders' consumer group: they split the partitions
 
 
-class _Sources:
-    """The loader's sources: the local journals (gateways may appear later), or the topic's
-    partitions (found once the topic exists)."""
-
-    def __init__(self, settings: ServiceSettings) -> None:
-        self._settings = settings
-        self._kafka: list[Source] = []
-
-    def __call__(self) -> list[Source]:
-        settings = self._settings
-        if settings.kafka_bootstrap is None:
-            return local_sources(settings.data_dir / "journal")
-        if not self._kafka:
-            try:
-                self._kafka = kafka_sources(settings.kafka_bootstrap, settings.kafka_topic)
-            except (RuntimeError, KafkaException) as err:
-                log.warning("warehouse_kafka_not_ready", error=str(err))
-        return self._kafka
+def _sources(settings: ServiceSettings, warehouse: Warehouse) -> Callable[[], list[Source]]:
+    """The loader's sources: the local journals (gateways may appear later), or the partitions
+    the consumer group gives this loader."""
+    if settings.kafka_bootstrap is None:
+        return lambda: local_sources(settings.data_dir / "journal")
+    return KafkaGroupMember(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        lambda name: read_position(warehouse, name),
+        group=settings.kafka_group,
+        batch_records=settings.loader.batch_records,
+    )
 
 
 def _handler(warehouse: Warehouse, limits: ReportLimits) -> type[BaseHTTPRequestHandler]:
@@ -125,8 +120,9 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
     """Owns the warehouse until `stop` is set; `once`: load what is there, then return."""
     directory = warehouse_dir(settings.data_dir)
     warehouse = open_warehouse(path=directory, url=settings.clickhouse_url)
+    sources = _sources(settings, warehouse)
     try:
-        loader = Loader(warehouse, _Sources(settings), settings.loader)
+        loader = Loader(warehouse, sources, settings.loader)
         if once:
             return sum(loader.drain())
         server = ThreadingHTTPServer(
@@ -151,6 +147,8 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
                 service_file.unlink()
         return loader.loaded
     finally:
+        if isinstance(sources, KafkaGroupMember):
+            sources.close()  # leaves the group: the others take its partitions at once
         warehouse.close()
 
 
