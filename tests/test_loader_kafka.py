@@ -27,9 +27,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from conftest import gateway_settings, register_device
+from warehouse_journal import receipt_record
 
 from ingest.app import running_gateway
-from ledger.kafka_journal import KafkaSettings, ensure_topic
+from ledger.kafka_journal import KafkaJournal, KafkaSettings, ensure_topic
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
@@ -196,3 +197,37 @@ async def test_every_acknowledged_document_lands_once(tmp_path: Path, database_u
             loader.terminate()
             loader.wait(10)
         await asyncio.to_thread(broker.stop)
+
+
+async def test_load_once_joins_the_group_and_reads_the_topic_to_its_end(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """`ofd load --once` on Kafka: waits for the group to give it partitions, loads what the
+    topic holds, exits; a second run finds nothing new (positions are the warehouse's)."""
+    topic = f"test.once.{uuid.uuid4().hex[:10]}"
+    kafka = KafkaSettings(kafka_bootstrap, topic=topic, partitions=PARTITIONS)
+    await asyncio.to_thread(ensure_topic, kafka)
+    sent = [receipt_record(300 + n % DEVICES, n) for n in range(1, 41)]
+    journal = KafkaJournal(kafka)
+    try:
+        await journal.append([entry for entry, _ in sent])
+    finally:
+        await journal.close()
+
+    def load_once() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ingest.cli", "load", "--once", "--data-dir", str(tmp_path),
+             "--kafka-bootstrap", kafka_bootstrap, "--kafka-topic", topic,
+             "--kafka-group", f"group.{topic}"],
+            capture_output=True, text=True, timeout=CATCH_UP_TIMEOUT * 2, check=False,
+        )  # fmt: skip
+
+    first = await asyncio.to_thread(load_once)
+    assert first.returncode == 0, first.stderr
+    assert "loaded 40 documents" in first.stderr
+    assert await asyncio.to_thread(_loaded, tmp_path) == {
+        (doc.device_id, doc.document_id) for _, doc in sent
+    }
+    again = await asyncio.to_thread(load_once)
+    assert again.returncode == 0, again.stderr
+    assert "loaded 0 documents" in again.stderr

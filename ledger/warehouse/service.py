@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -38,6 +39,10 @@ log = structlog.get_logger(__name__)
 SERVICE_FILE = "service.json"
 MAX_REQUEST_BYTES = 1024 * 1024
 CLIENT_TIMEOUT = 60.0  # seconds an analyst's query may take through the service
+# `ofd load --once` on Kafka: a group join takes about half the session timeout on tansu, more
+# after a member died (kafka_source.py); loaded once no record came for ONCE_QUIET seconds.
+ONCE_JOIN_TIMEOUT = 30.0
+ONCE_QUIET = 2.0
 
 
 def warehouse_dir(data_dir: Path) -> Path:
@@ -124,7 +129,7 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
     try:
         loader = Loader(warehouse, sources, settings.loader)
         if once:
-            return sum(loader.drain())
+            return _load_once(loader, sources)
         server = ThreadingHTTPServer(
             (settings.host, settings.port), _handler(warehouse, settings.limits)
         )
@@ -150,6 +155,30 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
         if isinstance(sources, KafkaGroupMember):
             sources.close()  # leaves the group: the others take its partitions at once
         warehouse.close()
+
+
+def _load_once(loader: Loader, sources: Callable[[], list[Source]]) -> int:
+    """Loads what is there. A local journal is read to its end; a consumer group first has to
+    give this loader its partitions (a join takes seconds), and the records then arrive over
+    several polls, so Kafka counts as loaded once nothing has come for ONCE_QUIET seconds."""
+    if not isinstance(sources, KafkaGroupMember):
+        return sum(loader.drain())
+    deadline = time.monotonic() + ONCE_JOIN_TIMEOUT
+    loaded, quiet_since = 0, time.monotonic()
+    while True:
+        count = loader.step()
+        loaded += count
+        now = time.monotonic()
+        if not sources.assigned:
+            if now > deadline:
+                raise ServiceError(
+                    f"the consumer group gave this loader no partition in {ONCE_JOIN_TIMEOUT} s"
+                )
+            quiet_since = now
+        elif count:
+            quiet_since = now
+        elif now - quiet_since >= ONCE_QUIET:
+            return loaded
 
 
 def service_address(data_dir: Path) -> tuple[str, int] | None:
