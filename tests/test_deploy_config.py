@@ -20,6 +20,7 @@ from ingest.metrics import GatewayMetrics
 from ingest.tcp_server import ServerStats
 from ledger.errors import Refusal
 from ledger.results import Command, ResultCode
+from ledger.warehouse.loader import DUPLICATES, FRESHNESS, LAG, LOADED
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -61,6 +62,17 @@ def exported() -> dict[str, set[str]]:
     for family in metrics.registry.collect():
         for sample in family.samples:
             names.setdefault(sample.name, set()).update(sample.labels)
+    # The warehouse loader's (`ofd load` serves them): a labelled gauge shows once it has a child.
+    for gauge in LAG.values():
+        gauge.labels(source="kafka:t:0").set(0)
+    try:
+        for registered in (FRESHNESS, LOADED, DUPLICATES, *LAG.values()):
+            for family in registered.collect():
+                for sample in family.samples:
+                    names.setdefault(sample.name, set()).update(sample.labels)
+    finally:
+        for gauge in LAG.values():
+            gauge.remove("kafka:t:0")
     return names
 
 
