@@ -19,12 +19,13 @@ from benchmarks.cost_model import Assumptions
 from benchmarks.cost_model import model as cost_model
 from benchmarks.echo_floor import EchoProtocol
 from benchmarks.grpc_echo_floor import start as start_grpc_floor
-from benchmarks.harness import Window
+from benchmarks.harness import JOURNALS, Journal, Window
 from benchmarks.load import MODES, TCP_MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
 from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, reset_peak_rss, sample
 from benchmarks.report import Measurement, document, ratios, table
 from benchmarks.scale import P99_TARGET_MS, Point, ScaleConfig, best_under_target
 from benchmarks.scale import document as scale_document
+from benchmarks.scale import main as scale_main
 from benchmarks.scale import table as scale_table
 from benchmarks.summary import main as summary_main
 from ingest.app import RunningGateway
@@ -206,3 +207,25 @@ def test_summary_collects_every_result_and_names_what_is_missing(tmp_path: Path)
     assert summary["scale-kafka"]["peak_at_devices"] == 1024
     assert summary["scale"]["best_under_p99_target"]["devices"] == 64
     assert set(summary["cost_model"]) == {"persistent"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("journal", JOURNALS)
+def test_scale_runs_floor_and_gateway_processes_and_writes_json(
+    journal: Journal, tmp_path: Path
+) -> None:
+    out = tmp_path / "scale.json"
+    code = scale_main(["--devices", "1,2", "--seconds", "0.2", "--warmup", "0.05",
+                       "--journal", journal, "--out", str(out)])  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert code == 0, doc
+    assert doc["valid"] is True
+    assert doc["config"]["journal"] == journal
+    assert [p["devices"] for p in doc["points"]] == [1, 2]
+    for point in doc["points"]:
+        assert point["ratio"] > 0
+        gateway = point["gateway"]
+        assert gateway["load"]["requests"] > 0
+        assert gateway["postgres_cpu_us_per_request"] is not None
+        assert (gateway["broker_cpu_us_per_request"] is None) == (journal == "local")
+        assert gateway["server_peak_rss_kib"] > 0
