@@ -10,14 +10,22 @@ journal of a batch that then failed carries the identity its resend will carry, 
 collapse downstream.
 
 While one batch is being made durable the next one fills up: no timer is needed for batching.
+
+Each batch loop keeps one pooled connection for as long as it works: taking one from the pool and
+giving it back per batch costs a reset round trip (asyncpg runs RESET ALL and more on release)
+and a task for the acquire timeout, every batch. After any failure the connection is dropped and
+the next batch takes a fresh one, so a broken connection or a half-done transaction never
+outlives its batch.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ledger.device_state import DeviceState
 from ledger.errors import SinkError, StateConflict
@@ -37,7 +45,7 @@ class CommitSettings:
     max_queued: int = MAX_QUEUED
     # Every database call is bounded: a device gives up after 5 s, we answer 254 before that.
     db_timeout: float = 3.0
-    # Batches in flight at once; each holds one pooled connection while it commits.
+    # Batches in flight at once; each batch loop holds one pooled connection while it runs.
     workers: int = COMMIT_WORKERS
 
 
@@ -46,10 +54,56 @@ class _Pending:
     expected_version: int
     state: DeviceState
     entry: JournalEntry | None
-    done: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    queued_at: float = field(default_factory=time.monotonic)  # for the journal-lag gauge
+    done: asyncio.Future[None]
+    queued_at: float  # time.monotonic(), for the journal-lag gauge
+
+
+class _Lease:
+    """The pooled connection a batch loop keeps across its batches."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: PoolConnectionProxy | None = None
+
+    async def connection(self, timeout: float) -> PoolConnectionProxy:
+        """The kept connection, or a fresh one from the pool when there is none or asyncpg
+        gave it back to the pool itself (it does so when the server ends a connection), as
+        acquiring per batch would."""
+        if self._conn is not None and not _attached(self._conn):
+            self._conn = None
+        if self._conn is None:
+            self._conn = await self._pool.acquire(timeout=timeout)
+        return self._conn
+
+    def close(self) -> None:
+        """Closes the connection after a failed batch: whatever state the batch left it in (a
+        broken socket, a transaction the rollback could not end) goes with it."""
+        conn, self._conn = self._conn, None
+        if conn is not None and _attached(conn):
+            conn.terminate()
+
+    async def give_back(self, timeout: float) -> None:
+        """Returns the connection as the loop stops; one cut off inside a batch (cancelled
+        mid-transaction) is closed rather than reset."""
+        conn = self._conn
+        if conn is None or not _attached(conn) or conn.is_in_transaction():
+            self.close()
+            return
+        self._conn = None
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # A reset that fails closes the connection itself: nothing is left to do.
+            await self._pool.release(conn, timeout=timeout)
+
+
+def _attached(conn: PoolConnectionProxy) -> bool:
+    """Whether `conn` still lends a connection: asyncpg detaches the proxy and takes the holder
+    back when the connection is lost, after which every call on it raises InterfaceError."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
 
 
 @dataclass(slots=True)
@@ -84,7 +138,9 @@ class GroupCommitter:
         Raises StateConflict when the device's state is no longer `expected_version`, and
         SinkError when the batch could not be made durable or the queue is full.
         """
-        pending = _Pending(expected_version, state, entry)
+        # Without default factories (a lambda call each): one is made per request.
+        done = asyncio.get_running_loop().create_future()
+        pending = _Pending(expected_version, state, entry, done, time.monotonic())
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull as err:
@@ -115,6 +171,7 @@ class GroupCommitter:
 
     async def _batch_loop(self) -> None:
         batch: list[_Pending] = []
+        lease = _Lease(self._pool)
         try:
             while True:
                 batch = [await self._queue.get()]
@@ -123,7 +180,7 @@ class GroupCommitter:
                 started = time.perf_counter()
                 self._in_flight[id(batch)] = batch
                 try:
-                    await self._commit_batch(batch)
+                    await self._commit_batch(lease, batch)
                 finally:
                     del self._in_flight[id(batch)]
                 if self.on_batch is not None:
@@ -135,19 +192,24 @@ class GroupCommitter:
                 batch.append(self._queue.get_nowait())
             self._fail(batch, SinkError("gateway shutting down", retriable=True))
             raise
+        finally:
+            await lease.give_back(self._settings.db_timeout)
 
-    async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
+    async def _commit_batch(self, lease: _Lease, batch: Sequence[_Pending]) -> None:
         self.stats.batches += 1
         self.stats.last_batch_size = len(batch)
         try:
-            won = await self._write(batch)
+            conn = await lease.connection(self._settings.db_timeout)
+            won = await self._write(conn, batch)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
             failure = SinkError(f"state store: {err!r}", retriable=True)
             failure.__cause__ = err
             self._fail(batch, failure)
+            lease.close()
             return
         except SinkError as err:
             self._fail(batch, err)
+            lease.close()
             return
         for pending in batch:
             if pending.done.done():  # the waiter was cancelled; the write stands regardless
@@ -159,9 +221,9 @@ class GroupCommitter:
                 self.stats.conflicts += 1
                 pending.done.set_exception(StateConflict(f"device {pending.state.system_id}"))
 
-    async def _write(self, batch: Sequence[_Pending]) -> set[int]:
+    async def _write(self, conn: PoolConnectionProxy, batch: Sequence[_Pending]) -> set[int]:
         timeout = self._settings.db_timeout
-        async with self._pool.acquire(timeout=timeout) as conn, conn.transaction():
+        async with conn.transaction():
             won = await write_states(
                 conn, [(p.expected_version, p.state) for p in batch], timeout=timeout
             )
