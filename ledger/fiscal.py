@@ -43,20 +43,29 @@ def ticket_identity(
     return DocumentIdentity(system_id, f"t{token}/r{request_number}")
 
 
-def _mac(secret: bytes, *parts: object) -> int:
+# One keyed BLAKE2b state per secret (a process has one): copying it skips hashing the key block
+# on every MAC, a quarter of a MAC's cost.
+_KEYED: dict[bytes, hashlib.blake2b] = {}
+
+
+def _mac(secret: bytes, message: str) -> int:
     """A 64-bit keyed MAC. BLAKE2b's keyed mode is a MAC by design, needs no HMAC construction,
     and costs about a third of HMAC-SHA256 here (it runs on every receipt, twice)."""
-    message = "|".join(map(str, parts)).encode()
-    return int.from_bytes(hashlib.blake2b(message, key=secret[:64], digest_size=8).digest(), "big")
+    keyed = _KEYED.get(secret)
+    if keyed is None:
+        keyed = _KEYED[secret] = hashlib.blake2b(key=secret[:64], digest_size=8)
+    mac = keyed.copy()
+    mac.update(message.encode())
+    return int.from_bytes(mac.digest(), "big")
 
 
 def fiscal_sign(secret: bytes, identity: DocumentIdentity) -> str:
-    return str(_SIGN_FLOOR + _mac(secret, "sign", identity) % _SIGN_SPAN)
+    return str(_SIGN_FLOOR + _mac(secret, f"sign|{identity}") % _SIGN_SPAN)
 
 
 def next_token(secret: bytes, system_id: int, token: int, request_number: int) -> int:
     """The token to hand out after an accepted rotating request: never 0, never the old one."""
-    candidate = 1 + _mac(secret, "token", system_id, token, request_number) % MAX_TOKEN
+    candidate = 1 + _mac(secret, f"token|{system_id}|{token}|{request_number}") % MAX_TOKEN
     return candidate if candidate != token else candidate % MAX_TOKEN + 1
 
 
