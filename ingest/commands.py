@@ -50,7 +50,10 @@ class FiscalSettings:
     ofd_url: str = "http://consumer.oofd.kz"
 
 
-@dataclass(frozen=True, slots=True)
+# RequestContext, Document and Outcome are made on every request: not frozen, because a frozen
+# dataclass's __init__ (object.__setattr__ per field) costs about 0.1 µs a field more. Nothing
+# changes one once it is made.
+@dataclass(slots=True)
 class RequestContext:
     schema: ModuleType
     version: int
@@ -62,7 +65,7 @@ class RequestContext:
     prepared: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Document:
     """A fiscal document accepted for the journal."""
 
@@ -73,7 +76,7 @@ class Document:
     offline: bool = False  # made offline: journaled as such
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     response: Any  # the Response message, OK
     rotates_token: bool

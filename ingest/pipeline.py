@@ -82,32 +82,33 @@ def next_state(
     offline = outcome.offline_write
     if offline is not None:
         offline_since = _window_start(offline_since, offline)
-    # Built field by field: dataclasses.replace costs twice as much, on every request.
+    # Built field by field: dataclasses.replace costs twice as much, on every request; and
+    # positionally, in DeviceState's field order: 24 keywords cost 1.4 µs more (measured).
     return DeviceState(
-        system_id=state.system_id,
-        status=state.status,
-        reg=state.reg,
-        version=state.version + 1,
-        token=token,
-        last_request_number=header.request_number,
-        last_request_token=header.token,
-        last_command=command,
-        last_response=answer,
-        shift_number=tally.shift_number,
-        shift_open=tally.is_open,
-        last_document_shift=last_shift,
-        last_document_number=last_number,
-        documents_accepted=accepted,
-        protocol_version=header.version,
-        last_contact=datetime.now(UTC),
-        tally=tally,
-        tally_blob=blob,
-        shift_report=outcome.shift_report,
-        offline_since=offline_since,
-        offline_write=offline,
-        blocked=state.blocked,
-        block_message=state.block_message,
-        subscription_active=state.subscription_active,
+        state.system_id,
+        state.status,
+        state.reg,
+        state.version + 1,
+        token,
+        header.request_number,  # last_request_number
+        header.token,  # last_request_token
+        command,  # last_command
+        answer,  # last_response
+        tally.shift_number,
+        tally.is_open,  # shift_open
+        last_shift,  # last_document_shift
+        last_number,  # last_document_number
+        accepted,  # documents_accepted
+        header.version,  # protocol_version
+        datetime.now(UTC),  # last_contact
+        tally,
+        blob,  # tally_blob
+        outcome.shift_report,
+        state.blocked,
+        state.block_message,
+        state.subscription_active,
+        offline_since,
+        offline,  # offline_write
     )
 
 
