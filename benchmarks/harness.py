@@ -8,7 +8,7 @@ both built from these pieces, so their numbers mean the same thing:
   happened; the gateway runs on the embedded default (`ofd serve`, PostgreSQL from pgserver in a
   fresh data directory), journaling to its local files or, given a `KafkaSettings`, to Kafka;
 - `kafka_bootstrap` starts tansu (memory storage, a benchmark port) for the Kafka journal, and
-  `journal_topic` makes a fresh topic on it for one gateway;
+  `journal_topic` names a fresh topic on it for one gateway, which creates it at start;
 - `measure` runs one closed-loop load and reads the server's CPU over the measurement window
   from /proc, apart from its PostgreSQL's and the broker's.
 """
@@ -27,7 +27,7 @@ from typing import Literal, get_args
 import uvloop
 
 from benchmarks.bodies import RequestPool
-from benchmarks.kafka_producer import PARTITIONS, tansu_broker
+from benchmarks.kafka_producer import tansu_broker
 from benchmarks.load import DeviceKey, LoadConfig, Mode, run_load
 from benchmarks.procstat import (
     CpuSample,
@@ -47,7 +47,7 @@ from benchmarks.servers import (
     start_grpc_echo_floor,
     stop,
 )
-from ledger.kafka_journal import KafkaSettings, ensure_topic
+from ledger.kafka_journal import KafkaSettings
 from simulators.processes import postmaster_pids
 
 Journal = Literal["local", "kafka"]
@@ -217,8 +217,6 @@ def kafka_bootstrap(journal: Journal, scratch: Path) -> Iterator[str | None]:
 
 
 def journal_topic(bootstrap: str) -> KafkaSettings:
-    """A fresh journal topic for one gateway (production producer settings otherwise); the
-    gateway does not create its topic, a deployment provisions it."""
-    settings = KafkaSettings(bootstrap, topic=f"bench.gateway.{uuid.uuid4().hex[:8]}")
-    ensure_topic(settings, PARTITIONS)
-    return settings
+    """A fresh journal topic for one gateway, with the production settings otherwise: the
+    gateway creates it at start with the default partition count, as a first deployment would."""
+    return KafkaSettings(bootstrap, topic=f"bench.gateway.{uuid.uuid4().hex[:8]}")

@@ -76,7 +76,7 @@ def start_gateway(
     grpc_args = ("--grpc-port", str(grpc_port)) if grpc_port else ()
     kafka_args = (
         ("--journal", "kafka", "--kafka-bootstrap", kafka.bootstrap_servers,
-         "--kafka-topic", kafka.topic)
+         "--kafka-topic", kafka.topic, "--kafka-partitions", str(kafka.partitions))
         if kafka
         else ()
     )  # fmt: skip
