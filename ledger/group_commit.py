@@ -21,6 +21,7 @@ outlives its batch.
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,11 @@ class GroupCommitter:
         self._pool = pool
         self._journal = journal
         self._settings = settings
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(settings.max_queued)
+        # Changes waiting for a batch, bounded by max_queued, and the batch loops waiting for a
+        # change: a deque and futures rather than asyncio.Queue, whose put and get are Python
+        # code with an Event each, on every request.
+        self._waiting: deque[_Pending] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
         self.stats = CommitStats()
         # Called with (changes, seconds) after every batch: the metrics' histograms.
         self.on_batch: Callable[[int, float], None] | None = None
@@ -141,11 +146,15 @@ class GroupCommitter:
         # Without default factories (a lambda call each): one is made per request.
         done = asyncio.get_running_loop().create_future()
         pending = _Pending(expected_version, state, entry, done, time.monotonic())
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull as err:
+        if len(self._waiting) >= self._settings.max_queued:
             self.stats.shed += 1
-            raise SinkError("commit queue full: shedding load", retriable=True) from err
+            raise SinkError("commit queue full: shedding load", retriable=True)
+        self._waiting.append(pending)
+        while self._idle:  # wake one batch loop (one that was cancelled is skipped)
+            wakeup = self._idle.popleft()
+            if not wakeup.done():
+                wakeup.set_result(None)
+                break
         await pending.done
 
     def backlog(self) -> tuple[int, float]:
@@ -155,7 +164,7 @@ class GroupCommitter:
         batch; with none in flight, the queue is only what arrived since the last batch left."""
         # Read by the metrics thread: list() copies the dict's values in one step under the GIL.
         in_flight = list(self._in_flight.values())
-        waiting = self._queue.qsize() + sum(len(batch) for batch in in_flight)
+        waiting = len(self._waiting) + sum(len(batch) for batch in in_flight)
         heads = [batch[0].queued_at for batch in in_flight]
         age = time.monotonic() - min(heads) if heads else 0.0
         return waiting, age
@@ -174,9 +183,15 @@ class GroupCommitter:
         lease = _Lease(self._pool)
         try:
             while True:
-                batch = [await self._queue.get()]
-                while len(batch) < self._settings.max_batch and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                waiting = self._waiting
+                if not waiting:
+                    wakeup = asyncio.get_running_loop().create_future()
+                    self._idle.append(wakeup)
+                    await wakeup
+                    continue  # another loop may have taken what woke this one
+                batch = [
+                    waiting.popleft() for _ in range(min(len(waiting), self._settings.max_batch))
+                ]
                 started = time.perf_counter()
                 self._in_flight[id(batch)] = batch
                 try:
@@ -188,8 +203,8 @@ class GroupCommitter:
                 batch = []
         except asyncio.CancelledError:
             # Shutting down: nobody may wait forever. A batch cut short rolled back.
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch += self._waiting
+            self._waiting.clear()
             self._fail(batch, SinkError("gateway shutting down", retriable=True))
             raise
         finally:
