@@ -231,8 +231,11 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
         seen: OfflineTicket | None = ctx.prepared
         if seen is not None:
             return _offline_again(ctx, state, seen, digest, total=total, when=when)
+    # Each read of a protobuf field costs a lookup by name: read once.
+    shift_number: int = ticket.fr_shift_number
+    document_number: int = ticket.printed_document_number
     tally, closed = enter_shift(
-        state.tally, ticket.fr_shift_number, when, offline=receipt.offline, field="fr_shift_number"
+        state.tally, shift_number, when, offline=receipt.offline, field="fr_shift_number"
     )
     cash_in = receipt.cash_in
     if cash_in < 0 and tally.cash + cash_in < 0:
@@ -244,21 +247,20 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     blob = _encode(tally)
     identity = ticket_identity(
         state.system_id,
-        shift_number=ticket.fr_shift_number,
-        document_number=ticket.printed_document_number,
-        offline_number=ticket.offline_ticket_number,
+        shift_number=shift_number,
+        document_number=document_number,
+        offline_number=offline_number,
         token=ctx.token,
         request_number=ctx.request_number,
     )
     sign = fiscal_sign(ctx.fiscal.secret, identity)
     response = _ok(ctx, Command.TICKET)
-    response.ticket.ticket_number = sign
-    response.ticket.qr_code = qr_url(
+    answer = response.ticket
+    answer.ticket_number = sign
+    answer.qr_code = qr_url(
         ctx.fiscal.qr_base_url, sign, state.reg.kgd_registration_number, total, when
     ).encode()
-    document = Document(
-        str(identity), sign, tally.shift_number, ticket.printed_document_number, receipt.offline
-    )
+    document = Document(str(identity), sign, tally.shift_number, document_number, receipt.offline)
     offline: OfflineWrite | None = None
     if offline_number:
         stored = OfflineTicket(
