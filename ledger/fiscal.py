@@ -72,8 +72,18 @@ def next_token(secret: bytes, system_id: int, token: int, request_number: int) -
 def qr_url(base_url: str, sign: str, kgd_number: str, total_tiyn: int, when: datetime) -> str:
     """The check URL printed as the receipt's QR code (protocol.md, "Receipts")."""
     tenge, tiyn = divmod(total_tiyn, 100)
-    stamp = (  # formatted by hand: strftime costs several times more, on every receipt
-        f"{when.year:04d}{when.month:02d}{when.day:02d}"
-        f"T{when.hour:02d}{when.minute:02d}{when.second:02d}"
+    # One printf-style format, by hand: strftime costs several times more, and f-string format
+    # specs almost twice as much (1.5 against 0.9 µs for the whole URL), on every receipt.
+    return "%s?i=%s&f=%s&s=%d.%02d&t=%04d%02d%02dT%02d%02d%02d" % (  # noqa: UP031
+        base_url,
+        sign,
+        kgd_number,
+        tenge,
+        tiyn,
+        when.year,
+        when.month,
+        when.day,
+        when.hour,
+        when.minute,
+        when.second,
     )
-    return f"{base_url}?i={sign}&f={kgd_number}&s={tenge}.{tiyn:02d}&t={stamp}"
