@@ -8,6 +8,10 @@ The offline-window gauges come from PostgreSQL (all devices, not this process's)
 task refreshes them every OFFLINE_REFRESH_SECONDS, bounded by a timeout, and a scrape reads the
 cached values, so a scrape never waits on the database.
 Authentication failures are the requests answered 1, 2, 8 or 9, summed at scrape time.
+Latency by stage: a request's whole time (frame in to answer out) is
+`ofd_request_duration_seconds`; of it, its change waited `ofd_commit_queue_seconds` for a batch,
+then `ofd_commit_duration_seconds` for the batch to be durable; the rest is parsing, the
+session and ledger rules and the answer.
 
 Exported (label values: `result` is the numeric result code of protocol.md, `command` the
 command's name, `version` 203 or 204, `transport` tcp or grpc):
@@ -17,6 +21,7 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_auth_failures_total{code}                           answers 1, 2, 8 and 9
     ofd_commit_batch_size                                   histogram: changes per group commit
     ofd_commit_duration_seconds                             histogram: one batch made durable
+    ofd_commit_queue_seconds                                histogram: a change's wait for its batch
     ofd_commit_failures_total                               batches that failed (answered 254)
     ofd_commit_conflicts_total                              changes that lost a concurrent update
     ofd_shed_total{policy}                                  requests shed (answered 254 at once)
@@ -245,6 +250,7 @@ class GatewayMetrics:
         self._durations: dict[str, Buckets] = {}
         self._batch_sizes = Buckets(BATCH_SIZE_BUCKETS)
         self._commit_seconds = Buckets(COMMIT_SECONDS_BUCKETS)
+        self._queue_seconds = Buckets(COMMIT_SECONDS_BUCKETS)
         self._commit_stats: CommitStats | None = None
         self._backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
         self._spool: SpoolingJournal | None = None
@@ -367,9 +373,12 @@ class GatewayMetrics:
             family.add_metric([outcome], getattr(stats, outcome))
         yield family
 
-    def _observe_batch(self, size: int, seconds: float) -> None:
+    def _observe_batch(self, size: int, seconds: float, waits: list[float]) -> None:
         self._batch_sizes.observe(size)
         self._commit_seconds.observe(seconds)
+        observe = self._queue_seconds.observe
+        for wait in waits:
+            observe(wait)
 
     # --- serving ---
 
@@ -451,6 +460,13 @@ class GatewayMetrics:
         yield HistogramMetricFamily(
             "ofd_commit_duration_seconds",
             "Time to make one group-commit batch durable (journal and state).",
+            buckets=buckets,
+            sum_value=total,
+        )
+        buckets, total = self._queue_seconds.cumulative()
+        yield HistogramMetricFamily(
+            "ofd_commit_queue_seconds",
+            "Time a state change waited for its group-commit batch to begin.",
             buckets=buckets,
             sum_value=total,
         )

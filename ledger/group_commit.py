@@ -131,7 +131,9 @@ class GroupCommitter:
         self._idle: deque[asyncio.Future[None]] = deque()
         self.stats = CommitStats()
         # Called with (changes, seconds) after every batch: the metrics' histograms.
-        self.on_batch: Callable[[int, float], None] | None = None
+        # Called after every batch with (changes, seconds to make it durable, each change's
+        # seconds in the queue before the batch began): the metrics' stage histograms.
+        self.on_batch: Callable[[int, float, list[float]], None] | None = None
         # Batches being made durable, by id: what the lag gauges read at scrape time.
         self._in_flight: dict[int, list[_Pending]] = {}
 
@@ -192,14 +194,15 @@ class GroupCommitter:
                 batch = [
                     waiting.popleft() for _ in range(min(len(waiting), self._settings.max_batch))
                 ]
-                started = time.perf_counter()
+                started = time.monotonic()  # the clock of `queued_at`
                 self._in_flight[id(batch)] = batch
                 try:
                     await self._commit_batch(lease, batch)
                 finally:
                     del self._in_flight[id(batch)]
                 if self.on_batch is not None:
-                    self.on_batch(len(batch), time.perf_counter() - started)
+                    waits = [started - pending.queued_at for pending in batch]
+                    self.on_batch(len(batch), time.monotonic() - started, waits)
                 batch = []
         except asyncio.CancelledError:
             # Shutting down: nobody may wait forever. A batch cut short rolled back.

@@ -104,6 +104,9 @@ async def test_scrape_counts_receipts_refusals_commits_and_connections(
     # Three accepted tickets are three state changes, in one batch or several.
     assert value(after, "ofd_commit_batch_size_sum") == 3
     assert 1 <= value(after, "ofd_commit_duration_seconds_count") <= 3
+    # Every change's wait for its batch is one observation, whatever the batching.
+    assert value(after, "ofd_commit_queue_seconds_count") == 3
+    assert value(after, "ofd_commit_queue_seconds_bucket", le="+Inf") == 3
     assert value(after, "ofd_commit_failures_total") == 0
     assert value(after, "ofd_shed_total", policy="commit_queue_full") == 0
     assert value(after, "ofd_connections_total") >= 3  # the KKM's, and one per `ask`
