@@ -3,6 +3,7 @@ servers (control API; device ingest on its own port), health, reflection and the
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from ledger.group_commit import GroupCommitter
 from ledger.migrate import migrate
 
 POOL_SIZE = 8
+# Against the default (700), 5 A/B pairs of `benchmarks.run --modes persistent`: p99 11.6-14.1 ms
+# against 17.1-20.3 ms (fewer collector pauses in the tail), gateway CPU 3% less per receipt.
+GC_YOUNG_THRESHOLD = 10_000
 # On shutdown, requests already in the pipeline get this long to be made durable and answered.
 DRAIN_SECONDS = 5.0
 
@@ -209,6 +213,17 @@ async def _drain(tcp: TcpServer) -> None:
         await asyncio.sleep(0.05)
 
 
+def _tune_garbage_collector() -> None:
+    """Every request allocates a few dozen short-lived objects and frees them by reference
+    counting; the cycle collector's young-generation passes (every 700 allocations by default)
+    find almost nothing and cost CPU. Objects made at start-up (modules, schemas, pools) are
+    frozen out of collection; a young pass runs every GC_YOUNG_THRESHOLD allocations."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve(settings: Settings) -> None:
     """`ofd serve`: runs until SIGINT or SIGTERM, printing one ready line for scripts."""
     configure_logging(settings.log_level)
@@ -217,6 +232,7 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with running_gateway(settings) as gateway:
+        _tune_garbage_collector()
         metrics = (
             ""
             if gateway.metrics_port is None
