@@ -36,7 +36,7 @@ from ledger.offline import OfflineWrite
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
-from ledger.state_store import load_state
+from ledger.state_loads import GroupLoads
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 log = structlog.get_logger(__name__)
@@ -182,6 +182,7 @@ class Pipeline:
         self._committer = committer
         self._settings = settings
         self._cache: dict[int, DeviceState] = {}
+        self._loads = GroupLoads(pool, timeout=settings.db_timeout)
         self._locks = DeviceLocks()
         self.shift_stats = ShiftStats()
         # Notifications (ingest/notifications.py): queued without waiting, never on the wire.
@@ -242,11 +243,7 @@ class Pipeline:
         return _refused(header, command, busy)
 
     async def _load(self, device_id: int) -> DeviceState | None:
-        try:
-            async with self._pool.acquire(timeout=self._settings.db_timeout) as conn:
-                state = await load_state(conn, device_id, timeout=self._settings.db_timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
-            raise SinkError(f"state store: {err!r}", retriable=True) from err
+        state = await self._loads.load(device_id)
         if state is None:
             self._cache.pop(device_id, None)
         else:

@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 # A connection of our own or one lent by a pool: both run queries alike.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
-LOAD_SQL = """
+LOAD_SELECT = """
 SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.model,
        d.blocked, d.block_message, d.subscription_active,
        o.title AS org_title, o.address AS org_address, o.address_kz AS org_address_kz,
@@ -37,8 +37,10 @@ FROM devices d
 JOIN trade_points p ON p.id = d.trade_point_id
 JOIN organizations o ON o.id = p.organization_id
 JOIN device_state s ON s.system_id = d.system_id
-WHERE d.system_id = $1
 """
+LOAD_SQL = LOAD_SELECT + "WHERE d.system_id = $1"
+# Many devices in one round trip (ledger/state_loads.py): a fleet reconnecting at once.
+LOAD_MANY_SQL = LOAD_SELECT + "WHERE d.system_id = ANY($1::bigint[])"
 
 # One statement for the whole batch: unnest zips the column arrays into rows.
 WRITE_BATCH_SQL = """
@@ -127,6 +129,14 @@ def _state_from_row(row: asyncpg.Record) -> DeviceState:
 async def load_state(conn: Conn, system_id: int, *, timeout: float) -> DeviceState | None:
     row = await conn.fetchrow(LOAD_SQL, system_id, timeout=timeout)
     return None if row is None else _state_from_row(row)
+
+
+async def load_states(
+    conn: Conn, system_ids: Sequence[int], *, timeout: float
+) -> dict[int, DeviceState]:
+    """The states of those of `system_ids` that exist, by system id."""
+    rows = await conn.fetch(LOAD_MANY_SQL, list(system_ids), timeout=timeout)
+    return {row["system_id"]: _state_from_row(row) for row in rows}
 
 
 async def write_states(
