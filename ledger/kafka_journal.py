@@ -322,9 +322,12 @@ def ensure_topic(settings: KafkaSettings, partitions: int | None = None) -> bool
     Production topics are provisioned with the cluster (deploy/); this serves tests, the
     embedded demo and first start-up. The topic admits records of MAX_RECORD_BYTES.
     """
-    admin = AdminClient(
-        {"bootstrap.servers": settings.bootstrap_servers, "client.id": settings.client_id}
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "logger": _ClientLog(),  # librdkafka's own lines as our JSON logs, not raw stderr
+    }
+    admin = AdminClient(config)
     topic = NewTopic(
         settings.topic,
         num_partitions=partitions or settings.partitions,
