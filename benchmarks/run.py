@@ -24,12 +24,10 @@ answer that was not OK or a request without an answer: such a run measured somet
 """
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchmarks.bodies import DEFAULT_POOL_SIZE, RequestPool, build_pool
@@ -48,6 +46,7 @@ from benchmarks.harness import (
 )
 from benchmarks.load import MODES, Mode
 from benchmarks.report import Measurement, document, table, write_json
+from simulators.processes import unwind_on_sigterm
 
 DEFAULT_OUT = {"local": Path("bench-results/ingest.json"),
                "kafka": Path("bench-results/ingest-kafka.json")}  # fmt: skip
@@ -124,14 +123,9 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     return BenchConfig(args.devices, window, args.modes, args.version, args.journal, out)
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # SystemExit unwinds through the finally blocks that stop the servers and remove temp dirs.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     bench = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    unwind_on_sigterm()
     measurements = run(bench)
     print()
     print(table(measurements))

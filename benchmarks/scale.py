@@ -22,12 +22,10 @@ request without an answer: such a point measured something else.
 """
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import uvloop
@@ -58,6 +56,7 @@ from benchmarks.report import (
     write_json,
 )
 from benchmarks.servers import HOST
+from simulators.processes import unwind_on_sigterm
 
 DEFAULT_DEVICES = (1, 4, 16, 64, 256, 1024)
 DEFAULT_SECONDS = 3.0  # per point and target: the whole default sweep stays near two minutes
@@ -297,14 +296,9 @@ def parse_args(argv: Sequence[str] | None) -> ScaleConfig:
     return ScaleConfig(args.devices, window, args.mode, args.journal, args.version, out)
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # SystemExit unwinds through the finally blocks that stop the servers and remove temp dirs.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    unwind_on_sigterm()
     points = sweep(config)
     print()
     print(table(points, config.journal))

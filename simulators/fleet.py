@@ -38,7 +38,6 @@ import bisect
 import random
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -46,7 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Literal, TextIO, get_args
 
 from ledger.schemas import SCHEMAS
@@ -62,7 +60,7 @@ from simulators.fleet_ofd import (
     register_fleet,
 )
 from simulators.kkm import SimulatedKkm
-from simulators.processes import start_gateway, stop
+from simulators.processes import start_gateway, stop, unwind_on_sigterm
 from simulators.receipts import KZ_TIME
 
 ProfileName = Literal["steady", "shop-day", "month-end", "mass-reconnect"]
@@ -669,14 +667,10 @@ def memory_lines(own_gateway: bool) -> list[str]:
     return lines
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the gateway
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config: FleetConfig = args.config
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    unwind_on_sigterm()
     journal: JournalCheck | None
     if args.gateway is None:
         run, journal = _own_gateway(config, args.keep_data)

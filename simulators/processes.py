@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 READY_TIMEOUT = 60.0  # a first start of the embedded PostgreSQL runs initdb
 STOP_GRACE = 10.0  # the gateway drains in-flight requests for up to 5 s
@@ -182,3 +183,13 @@ def stop(server: ServerProcess, grace: float = STOP_GRACE) -> int:
             time.sleep(0.1)
         _stop_postmasters(server.pg_dir, grace)
     return proc.returncode
+
+
+def unwind_on_sigterm() -> None:
+    """Makes SIGTERM raise SystemExit, so that the finally blocks that stop child servers and
+    remove temporary directories run when a script stops a benchmark or a fleet run."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
