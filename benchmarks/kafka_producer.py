@@ -27,18 +27,13 @@ afterwards. Broker and client share the machine, so the numbers include the brok
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +50,7 @@ from benchmarks.layers import (
     time_each_async,
     with_ratios,
 )
+from benchmarks.report import finished_at, machine, write_json
 from ledger.journal import JournalEntry, LocalJournal
 from ledger.kafka_journal import (
     ADMIN_TIMEOUT,
@@ -64,6 +60,7 @@ from ledger.kafka_journal import (
     encode_key,
     ensure_topic,
 )
+from simulators.processes import unwind_on_sigterm
 from simulators.tansu import BENCH_PORTS, TansuBroker
 
 DEFAULT_OUT = Path("bench-results/kafka_producer.json")
@@ -229,12 +226,8 @@ def mean_record_bytes(entries: Sequence[JournalEntry]) -> float:
 def document(results: list[CaseResult], seconds: float) -> dict[str, Any]:
     return {
         "benchmark": "kafka_producer",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-        },
+        "finished_at": finished_at(),
+        "machine": machine(),
         "config": {
             "seconds_per_case": seconds,
             "batches": list(BATCHES),
@@ -250,11 +243,6 @@ def document(results: list[CaseResult], seconds: float) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.kafka_producer",
@@ -267,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     # SystemExit unwinds through the finally blocks that stop the broker and remove temp files.
-    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    unwind_on_sigterm()
     print(f"kafka_producer: {args.seconds:g} s per case", flush=True)
     results = run(args.seconds)
     print(table(results))

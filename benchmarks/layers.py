@@ -31,7 +31,6 @@ gateway), or a fresh database created on --pg-server (and dropped afterwards).
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.bodies import RequestPool, build_pool, ticket_ok_body
-from benchmarks.report import write_json
+from benchmarks.report import finished_at, machine, write_json
 from ingest.body import parse_request
 from ingest.codec import HEADER_SIZE, FrameDecoder, encode
 from ledger.device_state import DeviceState
@@ -60,7 +59,7 @@ from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states
 from ledger.ticket_checks import check_ticket
 from ofdproto.journal.v1.record_pb2 import JournalRecord
-from simulators.processes import postmaster_pids
+from simulators.processes import postmaster_pids, unwind_on_sigterm
 
 DEFAULT_OUT = Path("bench-results/layers.json")
 DEFAULT_SECONDS = 0.5  # per case
@@ -461,12 +460,8 @@ def run(seconds: float, pg_server: str | None) -> list[CaseResult]:
 def document(results: list[CaseResult], seconds: float, pg_server: str | None) -> dict[str, Any]:
     return {
         "benchmark": "layers",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-        },
+        "finished_at": finished_at(),
+        "machine": machine(),
         "config": {
             "seconds_per_case": seconds,
             "inner": INNER,
@@ -492,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     # SystemExit unwinds through the finally blocks that stop pgserver and remove temp files.
-    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    unwind_on_sigterm()
     print(f"layers: {args.seconds:g} s per case", flush=True)
     results = run(args.seconds, args.pg_server)
     print(table(results))

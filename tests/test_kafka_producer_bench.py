@@ -6,6 +6,7 @@ from pathlib import Path
 
 from benchmarks import kafka_producer
 from benchmarks.layers import table
+from benchmarks.report import write_json
 
 SECONDS = 0.05
 BATCHES = (1, 64)
@@ -33,7 +34,7 @@ def test_cases_are_well_formed(kafka_bootstrap: str, tmp_path: Path) -> None:
 
     doc = kafka_producer.document(results, SECONDS)
     out = tmp_path / "out" / "kafka_producer.json"
-    kafka_producer.write_json(out, doc)
+    write_json(out, doc)
     loaded = json.loads(out.read_text(encoding="utf-8"))
     assert loaded["benchmark"] == "kafka_producer"
     assert len(loaded["cases"]) == len(results)
