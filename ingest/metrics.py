@@ -131,6 +131,11 @@ class Buckets:
         return buckets, total
 
 
+def _histogram(name: str, documentation: str, histogram: Buckets) -> HistogramMetricFamily:
+    buckets, total = histogram.cumulative()
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
+
+
 def _bound_text(bound: float) -> str:
     return repr(float(bound))
 
@@ -449,26 +454,20 @@ class GatewayMetrics:
         yield durations
 
     def _commit_families(self) -> Iterator[Metric]:
-        buckets, total = self._batch_sizes.cumulative()
-        yield HistogramMetricFamily(
+        yield _histogram(
             "ofd_commit_batch_size",
             "Device state changes per group-commit batch.",
-            buckets=buckets,
-            sum_value=total,
+            self._batch_sizes,
         )
-        buckets, total = self._commit_seconds.cumulative()
-        yield HistogramMetricFamily(
+        yield _histogram(
             "ofd_commit_duration_seconds",
             "Time to make one group-commit batch durable (journal and state).",
-            buckets=buckets,
-            sum_value=total,
+            self._commit_seconds,
         )
-        buckets, total = self._queue_seconds.cumulative()
-        yield HistogramMetricFamily(
+        yield _histogram(
             "ofd_commit_queue_seconds",
             "Time a state change waited for its group-commit batch to begin.",
-            buckets=buckets,
-            sum_value=total,
+            self._queue_seconds,
         )
         stats = self._commit_stats or CommitStats()
         yield CounterMetricFamily(
