@@ -19,6 +19,7 @@ from ledger.offline import find_offline_ticket
 from ledger.operators import authenticate, find_operator
 from ledger.qr_payments import QrError, find, generate, qr_code_for
 from ledger.results import Command
+from ledger.state_store import DATABASE_ERRORS
 from ledger.ticket_checks import refuse, tiyn
 
 Conn = Any  # a pooled connection
@@ -111,7 +112,7 @@ async def prepare(
     try:
         async with pool.acquire(timeout=timeout) as conn:
             prepared = await preparer(conn, state, request, fiscal, timeout)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+    except DATABASE_ERRORS as err:
         raise SinkError(f"state store: {err!r}", retriable=True) from err
     if command == Command.AUTH:
         # scrypt is slow on purpose: in a thread (the connection already back in the pool), or

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from ledger.state_store import DATABASE_ERRORS
+
 log = structlog.get_logger(__name__)
 
 MAX_SOFTWARE_CHARS = 500  # the column's CHECK says the same
@@ -50,7 +52,7 @@ class SoftwareSeen:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 await conn.execute(UPDATE_SQL, device_id, text, timeout=self._timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except DATABASE_ERRORS as err:
             log.warning("software report not stored", device_id=device_id, error=repr(err))
             return
         if len(self._written) >= MAX_REMEMBERED and device_id not in self._written:

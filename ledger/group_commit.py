@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ledger.device_state import DeviceState
 from ledger.errors import SinkError, StateConflict
 from ledger.journal import Journal, JournalEntry
-from ledger.state_store import write_states
+from ledger.state_store import DATABASE_ERRORS, write_states
 
 # Bounds: a batch bigger than this waits for the next round; a queue longer than this sheds load
 # (the device is answered 254 at once rather than waiting past its 5 s transaction time).
@@ -219,7 +219,7 @@ class GroupCommitter:
         try:
             conn = await lease.connection(self._settings.db_timeout)
             won = await self._write(conn, batch)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except DATABASE_ERRORS as err:
             failure = SinkError(f"state store: {err!r}", retriable=True)
             failure.__cause__ = err
             self._fail(batch, failure)

@@ -15,7 +15,7 @@ import asyncpg
 
 from ledger.device_state import DeviceState
 from ledger.errors import SinkError
-from ledger.state_store import load_states
+from ledger.state_store import DATABASE_ERRORS, load_states
 
 MAX_LOAD_BATCH = 1024
 LOAD_WORKERS = 2
@@ -69,7 +69,7 @@ class GroupLoads:
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
                 return await load_states(conn, ids, timeout=self._timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
+        except DATABASE_ERRORS as err:
             raise SinkError(f"state store: {err!r}", retriable=True) from err
 
 

@@ -21,6 +21,8 @@ log = structlog.get_logger(__name__)
 
 # A connection of our own or one lent by a pool: both run queries alike.
 Conn = asyncpg.Connection | PoolConnectionProxy
+# What a failing, read-only or unreachable PostgreSQL raises: answered 254, retried by devices.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 LOAD_SELECT = """
 SELECT d.system_id, d.status, d.kgd_registration_number, d.serial_number, d.model,
