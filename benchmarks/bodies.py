@@ -27,6 +27,14 @@ DEFAULT_POOL_SIZE = 1000
 MAX_LINES = 5  # a typical grocery receipt: 1-5 lines
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """A registered device as a load generator needs it: its id and current token."""
+
+    system_id: int
+    token: int
+
+
 def kgd_number(index: int) -> str:
     """A 12-digit KGD registration number, the length real ones have."""
     return f"{600_000_000_000 + index:012d}"

@@ -5,8 +5,7 @@ token. The KGD numbers follow `benchmarks.bodies.kgd_number`, so the gateway's Q
 length the echo floor's precomputed answer has.
 """
 
-from benchmarks.bodies import kgd_number
-from benchmarks.load import DeviceKey
+from benchmarks.bodies import DeviceKey, kgd_number
 from ingest.control import ControlClient
 from ofdproto.control.v1 import control_pb2 as pb
 

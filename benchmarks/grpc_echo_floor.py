@@ -10,7 +10,7 @@ what it costs per request is the floor a Python gRPC gateway on this machine can
 the gRPC counterpart of `benchmarks.echo_floor`.
 
 Prints `grpc echo floor ready tcp=HOST:PORT answer_bytes=N` once listening (the ready line
-`simulators.processes` reads); stops on SIGTERM or SIGINT.
+`simulators.stage.processes` reads); stops on SIGTERM or SIGINT.
 """
 
 import asyncio

@@ -26,9 +26,9 @@ from typing import Literal, get_args
 
 import uvloop
 
-from benchmarks.bodies import RequestPool
+from benchmarks.bodies import DeviceKey, RequestPool
 from benchmarks.kafka_producer import tansu_broker
-from benchmarks.load import DeviceKey, LoadConfig, Mode, run_load
+from benchmarks.load import LoadConfig, Mode, run_load
 from benchmarks.procstat import (
     CpuSample,
     children_of,
@@ -48,7 +48,7 @@ from benchmarks.servers import (
     stop,
 )
 from ledger.kafka_journal import KafkaSettings
-from simulators.processes import postmaster_pids
+from simulators.stage.processes import postmaster_pids
 
 Journal = Literal["local", "kafka"]
 JOURNALS: tuple[Journal, ...] = get_args(Journal)

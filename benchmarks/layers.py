@@ -59,7 +59,7 @@ from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states
 from ledger.ticket_checks import check_ticket
 from ofdproto.journal.v1.record_pb2 import JournalRecord
-from simulators.processes import postmaster_pids, unwind_on_sigterm
+from simulators.stage.processes import postmaster_pids, unwind_on_sigterm
 
 DEFAULT_OUT = Path("bench-results/layers.json")
 DEFAULT_SECONDS = 0.5  # per case

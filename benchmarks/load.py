@@ -45,7 +45,8 @@ import grpc.aio
 import uvloop
 from google.protobuf.message import DecodeError
 
-from benchmarks.bodies import RequestPool, build_pool
+from benchmarks.bodies import DeviceKey, RequestPool, build_pool
+from benchmarks.fleet import register_devices
 from ingest.codec import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, encode
 from ingest.grpc_ingest import ID_KEY, REQUEST_NUMBER_KEY, SERVICE, TOKEN_KEY, VERSION_KEY
 from ledger.results import ResultCode
@@ -64,12 +65,6 @@ MAX_REQUEST_NUMBER = 0xFFFF
 DRAIN_TIMEOUT = 5.0  # seconds the in-flight requests get to finish after the window
 CONNECT_TIMEOUT = 5.0
 PERCENTILES = (50, 90, 99)
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceKey:
-    system_id: int
-    token: int
 
 
 class WindowProbe(Protocol):
@@ -493,12 +488,6 @@ async def run_load(config: LoadConfig, probe: WindowProbe | None = None) -> Load
     return _summary(config, run, window_s, cpu_s, unfinished)
 
 
-def _register(control: str, count: int) -> tuple[DeviceKey, ...]:
-    from benchmarks.fleet import register_devices  # noqa: PLC0415  # only with --control
-
-    return register_devices(control, count)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load")
     parser.add_argument("--host", default="127.0.0.1")
@@ -511,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control", help="register fresh devices through this control API")
     args = parser.parse_args(argv)
     if args.control:
-        keys = _register(args.control, args.devices)
+        keys = register_devices(args.control, args.devices)
     else:
         keys = tuple(DeviceKey(n, 1) for n in range(1, args.devices + 1))
     config = LoadConfig(args.host, args.port, args.mode, keys, build_pool(args.version),

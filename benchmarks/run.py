@@ -46,7 +46,7 @@ from benchmarks.harness import (
 )
 from benchmarks.load import MODES, Mode
 from benchmarks.report import Measurement, document, table, write_json
-from simulators.processes import unwind_on_sigterm
+from simulators.stage.processes import unwind_on_sigterm
 
 DEFAULT_OUT = {"local": Path("bench-results/ingest.json"),
                "kafka": Path("bench-results/ingest-kafka.json")}  # fmt: skip

@@ -56,7 +56,7 @@ from benchmarks.report import (
     write_json,
 )
 from benchmarks.servers import HOST
-from simulators.processes import unwind_on_sigterm
+from simulators.stage.processes import unwind_on_sigterm
 
 DEFAULT_DEVICES = (1, 4, 16, 64, 256, 1024)
 DEFAULT_SECONDS = 3.0  # per point and target: the whole default sweep stays near two minutes

@@ -1,7 +1,7 @@
 """The servers under test as subprocesses: the echo floors and the gateway on the embedded default.
 
-Starting, waiting and stopping are simulators/processes.py's; this adds free fixed ports and the
-echo floors (TCP and gRPC).
+Starting, waiting and stopping are simulators/stage/processes.py's; this adds free fixed ports and
+the echo floors (TCP and gRPC).
 """
 
 import socket
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from ledger.kafka_journal import KafkaSettings
-from simulators.processes import ServerFailed, ServerProcess, ready_or_stopped, spawn, stop
-from simulators.processes import start_gateway as start_gateway_process
+from simulators.stage.processes import ServerFailed, ServerProcess, ready_or_stopped, spawn, stop
+from simulators.stage.processes import start_gateway as start_gateway_process
 
 HOST = "127.0.0.1"
 # Fixed ports below the ephemeral range (32768-60999): a client connection opened in between

@@ -26,8 +26,8 @@ from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.kkm import SimulatedKkm
-from simulators.processes import ServerProcess, start_gateway, stop
 from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
+from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 DATA_DIR = Path(".ofd-demo")
 DEMO_PORT, DEMO_CONTROL_PORT = 7777, 7778  # the defaults of `ofd serve`, below the ephemeral range

@@ -60,8 +60,8 @@ from simulators.fleet_ofd import (
     register_fleet,
 )
 from simulators.kkm import SimulatedKkm
-from simulators.processes import start_gateway, stop, unwind_on_sigterm
 from simulators.receipts import KZ_TIME
+from simulators.stage.processes import start_gateway, stop, unwind_on_sigterm
 
 ProfileName = Literal["steady", "shop-day", "month-end", "mass-reconnect"]
 PROFILE_NAMES: tuple[ProfileName, ...] = get_args(ProfileName)

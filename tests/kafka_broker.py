@@ -1,4 +1,4 @@
-"""The session's Kafka-protocol broker for the tests (tansu, see simulators/tansu.py).
+"""The session's Kafka-protocol broker for the tests (tansu, see simulators/stage/tansu.py).
 
 The fixture `kafka_bootstrap` starts one broker for every test that only needs topics (each test
 makes its own); a test that kills the broker starts its own `TansuBroker`.
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from simulators.tansu import TansuBroker
+from simulators.stage.tansu import TansuBroker
 
 __all__ = ["TansuBroker", "kafka_bootstrap"]
 

@@ -28,9 +28,9 @@ from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import DeviceOffline, SimulatedKkm
-from simulators.processes import ServerProcess, stop
-from simulators.processes import start_gateway as start_gateway_process
 from simulators.receipts import Request, build_ticket, random_lines
+from simulators.stage.processes import ServerProcess, stop
+from simulators.stage.processes import start_gateway as start_gateway_process
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ from ledger.spool_journal import SpoolingJournal
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
-from simulators.tansu import TansuBroker
+from simulators.stage.tansu import TansuBroker
 
 PARTITIONS = 4
 VERSION = 203

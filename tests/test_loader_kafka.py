@@ -36,7 +36,7 @@ from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
-from simulators.tansu import TansuBroker
+from simulators.stage.tansu import TansuBroker
 
 VERSION = 204
 PARTITIONS = 2

@@ -12,7 +12,7 @@ from wire import ask, body, ticket
 
 from ingest.codec import encode
 from ledger.results import ResultCode
-from simulators.processes import ServerProcess, start_gateway, stop
+from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 VERSION = 204
 WRONG_TOKEN_OFFSET = 1
