@@ -47,7 +47,7 @@ from benchmarks.servers import (
     start_grpc_echo_floor,
     stop,
 )
-from ledger.kafka_journal import KafkaSettings
+from ledger.journal.kafka import KafkaSettings
 from simulators.stage.processes import postmaster_pids
 
 Journal = Literal["local", "kafka"]

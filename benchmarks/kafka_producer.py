@@ -13,7 +13,7 @@
 Batches of 1, 64 and 1024 records, the envelopes the gateway journals (benchmarks.layers'
 `journal_payloads`: a JournalRecord with a TICKET frame and its answer). Only the envelopes of
 at least MIN_RECORD_BYTES are kept, the larger receipts of the load generator's 1-5 lines: about
-670 bytes on average, near the 712-byte records ledger.kafka_journal's settings were tuned on
+670 bytes on average, near the 712-byte records ledger.journal.kafka's settings were tuned on
 (all of the generator's receipts average 500). Each
 case reports records per second and the latency of one append (a whole batch) at p50 and p99;
 the Kafka journal's ratio is to the acks=0 producer of the same batch size.
@@ -51,8 +51,8 @@ from benchmarks.layers import (
     with_ratios,
 )
 from benchmarks.report import finished_at, machine, write_json
-from ledger.journal import JournalEntry, LocalJournal
-from ledger.kafka_journal import (
+from ledger.journal import JournalEntry
+from ledger.journal.kafka import (
     ADMIN_TIMEOUT,
     DEFAULT_COMPRESSION,
     KafkaJournal,
@@ -60,6 +60,7 @@ from ledger.kafka_journal import (
     encode_key,
     ensure_topic,
 )
+from ledger.journal.local import LocalJournal
 from simulators.stage.processes import unwind_on_sigterm
 from simulators.stage.tansu import BENCH_PORTS, TansuBroker
 

@@ -52,8 +52,9 @@ from ingest.body import parse_request
 from ingest.codec import HEADER_SIZE, FrameDecoder, encode
 from ledger.device_state import DeviceState
 from ledger.embedded_pg import start_embedded_postgres
-from ledger.journal import HEADER as RECORD_HEADER
-from ledger.journal import JournalEntry, LocalJournal
+from ledger.journal import JournalEntry
+from ledger.journal.local import HEADER as RECORD_HEADER
+from ledger.journal.local import LocalJournal
 from ledger.migrate import migrate
 from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states

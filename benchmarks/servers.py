@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ledger.kafka_journal import KafkaSettings
+from ledger.journal.kafka import KafkaSettings
 from simulators.stage.processes import ServerFailed, ServerProcess, ready_or_stopped, spawn, stop
 from simulators.stage.processes import start_gateway as start_gateway_process
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from benchmarks.report import write_json
 from ingest.codec import encode
-from ledger.journal import JournalEntry, LocalJournal
+from ledger.journal import JournalEntry
+from ledger.journal.local import LocalJournal
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.backends import ChdbWarehouse, apply_schema
 from ledger.warehouse.loader import Loader, LoaderSettings, local_sources

@@ -59,8 +59,8 @@ from ingest.settings import (
 )
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
-from ledger.journal_view import summarize_journal
-from ledger.kafka_journal import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
+from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
+from ledger.journal.view import summarize_journal
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2

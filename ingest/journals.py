@@ -12,9 +12,10 @@ import structlog
 
 from ingest.settings import Settings
 from ledger.errors import SinkError
-from ledger.journal import Journal, LocalJournal
-from ledger.kafka_journal import KafkaJournal, ensure_topic
-from ledger.spool_journal import SpoolingJournal
+from ledger.journal import Journal
+from ledger.journal.kafka import KafkaJournal, ensure_topic
+from ledger.journal.local import LocalJournal
+from ledger.journal.spool import SpoolingJournal
 
 log = structlog.get_logger(__name__)
 

@@ -67,9 +67,9 @@ from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
 from ledger.journal import Journal, JournalEntry
+from ledger.journal.spool import SpoolingJournal, SpoolStats
 from ledger.offline import offline_backlog
 from ledger.results import Command, ResultCode
-from ledger.spool_journal import SpoolingJournal, SpoolStats
 
 log = structlog.get_logger(__name__)
 

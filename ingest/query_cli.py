@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.settings import DEFAULT_DATA_DIR
-from ledger.kafka_journal import DEFAULT_TOPIC
+from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.kafka_source import DEFAULT_GROUP
 from ledger.warehouse.loader import DEFAULT_BATCH_RECORDS, LoaderSettings
 from ledger.warehouse.reports import QueryRefused, ReportLimits

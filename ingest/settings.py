@@ -12,7 +12,7 @@ from pathlib import Path
 from ingest.commands import FiscalSettings
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import CommitSettings
-from ledger.kafka_journal import KafkaSettings
+from ledger.journal.kafka import KafkaSettings
 
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_TCP_PORT = 7777
@@ -36,7 +36,7 @@ class Settings:
     fiscal: FiscalSettings
     # Prometheus /metrics on control_host: None serves none, 0 a port the kernel picks.
     metrics_port: int | None = None
-    # None: the local journal in data_dir; set: the Kafka topic it names (ledger/kafka_journal.py).
+    # None: the local journal in data_dir; set: the Kafka topic it names (ledger/journal/kafka.py).
     kafka: KafkaSettings | None = None
     # gRPC device ingest on server.host, apart from the control API (which devices must not
     # reach): None serves none, 0 a port the kernel picks.

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ingest.control import ControlClient
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
 from ofdproto.control.v1 import control_pb2 as pb

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import register_device
 
-from benchmarks.bodies import build_pool, ticket_ok_body
+from benchmarks.bodies import DeviceKey, build_pool, ticket_ok_body
 from benchmarks.cost_model import Assumptions
 from benchmarks.cost_model import model as cost_model
 from benchmarks.echo_floor import EchoProtocol
 from benchmarks.grpc_echo_floor import start as start_grpc_floor
 from benchmarks.harness import JOURNALS, Journal, Window
-from benchmarks.load import MODES, TCP_MODES, DeviceKey, LoadConfig, LoadResult, Mode, run_load
+from benchmarks.load import MODES, TCP_MODES, LoadConfig, LoadResult, Mode, run_load
 from benchmarks.procstat import cpu_seconds_between, peak_rss_kib, reset_peak_rss, sample
 from benchmarks.report import Measurement, document, ratios, table
 from benchmarks.scale import P99_TARGET_MS, Point, ScaleConfig, best_under_target

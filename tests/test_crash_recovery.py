@@ -21,9 +21,9 @@ import pytest
 from conftest import TEST_SECRET, register_device
 
 from ledger.fiscal import fiscal_sign, ticket_identity
-from ledger.journal import HEADER as RECORD_HEADER
-from ledger.journal import JournalReader
-from ledger.journal_view import journal_records
+from ledger.journal.local import HEADER as RECORD_HEADER
+from ledger.journal.local import JournalReader
+from ledger.journal.view import journal_records
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord

@@ -22,7 +22,7 @@ from conftest import PG_SERVER, TEST_SECRET, register_device
 
 from ingest.app import RunningGateway
 from ledger.fiscal import fiscal_sign, ticket_identity
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, encode
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from simulators.receipts import Line, build_system, build_ticket

@@ -24,7 +24,7 @@ from ingest.app import RunningGateway
 from ingest.body import refusal_frame
 from ingest.codec import HEADER, HEADER_SIZE, FrameHeader
 from ledger.errors import Refusal
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import Command, ResultCode
 from simulators.fleet import (
     PROFILE_NAMES,

@@ -12,14 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import SinkError
-from ledger.journal import (
-    HEADER,
-    MAX_RECORD_BYTES,
-    Journal,
-    JournalEntry,
-    JournalReader,
-    LocalJournal,
-)
+from ledger.journal import MAX_RECORD_BYTES, Journal, JournalEntry
+from ledger.journal.local import HEADER, JournalReader, LocalJournal
 
 entries = st.builds(
     JournalEntry, key=st.integers(min_value=0, max_value=2**32 - 1), payload=st.binary(max_size=200)

@@ -30,11 +30,12 @@ from ingest.app import running_gateway
 from ingest.cli import EXIT_USAGE, main
 from ingest.journals import open_journal
 from ledger.errors import SinkError
-from ledger.journal import JournalEntry, LocalJournal
-from ledger.kafka_journal import KafkaJournal, KafkaSettings, decode_key, ensure_topic
+from ledger.journal import JournalEntry
+from ledger.journal.kafka import KafkaJournal, KafkaSettings, decode_key, ensure_topic
+from ledger.journal.local import LocalJournal
+from ledger.journal.spool import SpoolingJournal
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
-from ledger.spool_journal import SpoolingJournal
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
@@ -326,7 +327,7 @@ def test_kafka_settings_are_checked_at_start_up() -> None:
         KafkaSettings("127.0.0.1:1", on_outage="ignore")
 
 
-# --- the "spool" outage policy (ledger/spool_journal.py) ---
+# --- the "spool" outage policy (ledger/journal/spool.py) ---
 
 SPOOL_DEVICES = (101, 102, 103)
 SPOOL_DRAIN_TIMEOUT = 30.0  # the replayer's first retry comes within seconds of the restart

@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 from warehouse_journal import Sent, receipt_record
 
-from ledger.kafka_journal import KafkaSettings, ensure_topic
+from ledger.journal.kafka import KafkaSettings, ensure_topic
 from ledger.warehouse.backends import Warehouse, open_warehouse
 from ledger.warehouse.kafka_source import KafkaGroupMember, source_name
 from ledger.warehouse.loader import Loader, LoaderSettings, read_position

@@ -30,7 +30,7 @@ from conftest import gateway_settings, register_device
 from warehouse_journal import receipt_record
 
 from ingest.app import running_gateway
-from ledger.kafka_journal import KafkaJournal, KafkaSettings, ensure_topic
+from ledger.journal.kafka import KafkaJournal, KafkaSettings, ensure_topic
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address

@@ -16,7 +16,7 @@ from test_shift_wire import START, differences, kkm, model, sale, shift_rows
 from wire import device_row, journaled
 
 from ingest.app import RunningGateway
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.offline import OFFLINE_LIMIT, OFFLINE_WARNING, open_windows
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS

@@ -19,7 +19,7 @@ from conftest import RegisteredDevice, gateway_settings, register_device
 from ingest.app import running_gateway
 from ingest.codec import HEADER as FRAME_HEADER
 from ingest.codec import HEADER_SIZE, encode
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from simulators.kkm import SimulatedKkm

@@ -22,7 +22,7 @@ from wire import DEADLINE, connect, decode
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, FrameHeader, encode
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
 from simulators.kkm import SimulatedKkm

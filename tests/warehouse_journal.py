@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ingest.codec import encode
 from ledger.fiscal import ticket_identity
-from ledger.journal import JournalEntry, LocalJournal
+from ledger.journal import JournalEntry
+from ledger.journal.local import LocalJournal
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.receipts import Line, Operation, build_ticket

@@ -16,7 +16,7 @@ import asyncpg
 
 from ingest.app import RunningGateway
 from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, FrameHeader
-from ledger.journal_view import journal_records
+from ledger.journal.view import journal_records
 from ledger.results import Command
 from ledger.schemas import SCHEMAS
 from simulators.kkm import SimulatedKkm

@@ -44,7 +44,7 @@ from typing import Protocol
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from ledger.journal import SEGMENT_SUFFIX, JournalReader
+from ledger.journal.local import SEGMENT_SUFFIX, JournalReader
 from ledger.warehouse.backends import Row, Warehouse
 from ledger.warehouse.rows import decode_record, document_row, format_micros
 

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ledger.kafka_journal import DEFAULT_TOPIC
+from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import Row, Warehouse, open_warehouse
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position

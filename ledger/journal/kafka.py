@@ -46,7 +46,7 @@ DEFAULT_DELIVERY_TIMEOUT = 3.0
 DEFAULT_COMPRESSION = "lz4"
 COMPRESSIONS = frozenset({"none", "gzip", "snappy", "lz4", "zstd"})
 # What a broker outage does: "reject" answers 254 (the device keeps the document and resends);
-# "spool" keeps it in a local spool and replays it in order later (ledger/spool_journal.py).
+# "spool" keeps it in a local spool and replays it in order later (ledger/journal/spool.py).
 OUTAGE_POLICIES = ("reject", "spool")
 # A topic the gateway creates at start (an existing one is left as it is): partitions bound how
 # many loaders share the work, and a device's documents stay in one partition whatever the count.

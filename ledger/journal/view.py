@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from ledger.journal import JournalReader
+from ledger.journal.local import JournalReader
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 

@@ -17,30 +17,16 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from ledger.errors import SinkError
+from ledger.journal import MAX_RECORD_BYTES, JournalEntry, check_record_size
 
 SEGMENT_BYTES = 64 * 1024 * 1024
-MAX_RECORD_BYTES = 4 * 1024 * 1024
 HEADER = struct.Struct("<IIQ")  # payload length, crc32(key LE u64 + payload), key
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "LOCK"
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    key: int  # device system id (u32); Kafka will partition by it, the local journal stores it
-    payload: bytes  # an opaque serialized record envelope
-
-
-class Journal(Protocol):
-    async def append(self, entries: Sequence[JournalEntry]) -> None:
-        """Make the entries durable, in order, or raise SinkError having written none of them."""
-
-    async def close(self) -> None: ...
 
 
 def _segment_name(base: int) -> str:
@@ -70,16 +56,6 @@ def _scan(f: BinaryIO, offset: int) -> Iterator[tuple[int, JournalEntry]]:
             return
         offset += HEADER.size + length
         yield offset, JournalEntry(key, payload)
-
-
-def check_record_size(entry: JournalEntry) -> None:
-    """Refuses a record over MAX_RECORD_BYTES before anything of its batch is written; every
-    journal implementation applies the same limit."""
-    if len(entry.payload) > MAX_RECORD_BYTES:
-        raise SinkError(
-            f"journal record of {len(entry.payload)} bytes exceeds {MAX_RECORD_BYTES}",
-            retriable=False,
-        )
 
 
 def _encode(entries: Sequence[JournalEntry]) -> bytes:

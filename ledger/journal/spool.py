@@ -28,7 +28,8 @@ from pathlib import Path
 import structlog
 
 from ledger.errors import SinkError
-from ledger.journal import SEGMENT_SUFFIX, Journal, JournalEntry, JournalReader, LocalJournal
+from ledger.journal import Journal, JournalEntry
+from ledger.journal.local import SEGMENT_SUFFIX, JournalReader, LocalJournal
 
 log = structlog.get_logger(__name__)
 
