@@ -1,8 +1,11 @@
-"""Shared fixtures: a fresh PostgreSQL database per test on the machine's real server, an
-in-process gateway on free ports, and registered devices.
+"""Shared fixtures: the real services the tests start themselves (PostgreSQL, Mosquitto; Kafka
+in tests/kafka_broker.py), a fresh PostgreSQL database per test, an in-process gateway on free
+ports, and registered devices.
 
-PostgreSQL is the real server on 127.0.0.1:5432 (OFD_TEST_PG overrides); a test that needs it
-fails, not skips, when it is down: `make test` promises tests against the real thing.
+PostgreSQL and Mosquitto come from the system's packages (`.ci/run` installs them) and are
+started once per session on free ports below 32768; OFD_TEST_PG / OFD_TEST_MQTT point the tests
+at a running server instead. A test that needs one fails, not skips, when it cannot start:
+`make test` promises tests against the real thing.
 """
 
 import asyncio
@@ -25,9 +28,10 @@ from ingest.tcp_server import ServerSettings
 from ledger import registry
 from ledger.group_commit import CommitSettings
 from ledger.migrate import migrate
+from simulators.stage.mosquitto import MosquittoBroker
+from simulators.stage.postgres import PostgresServer
 
 pytest_plugins = ["kafka_broker"]
-PG_SERVER = os.environ.get("OFD_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 TEST_SECRET = bytes(range(32))
 
 # In-process gateways log at info, as `ofd serve` does by default: structlog's unconfigured
@@ -35,17 +39,35 @@ TEST_SECRET = bytes(range(32))
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 
-def _dsn(database: str) -> str:
-    return f"{PG_SERVER}/{database}"
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN (without a database) of the session's PostgreSQL server."""
+    running = os.environ.get("OFD_TEST_PG")
+    if running:
+        yield running
+        return
+    with PostgresServer.create() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> Iterator[str]:
+    """mqtt://host:port of the session's Mosquitto."""
+    running = os.environ.get("OFD_TEST_MQTT")
+    if running:
+        yield running
+        return
+    with MosquittoBroker.start() as broker:
+        yield broker.url
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
+def database_url(pg_server: str) -> Iterator[str]:
     """A new empty database, dropped afterwards."""
     name = f"ofd_test_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_dsn("postgres"))
+        conn = await asyncpg.connect(f"{pg_server}/postgres")
         try:
             await conn.execute(sql)
         finally:
@@ -53,7 +75,7 @@ def database_url() -> Iterator[str]:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield _dsn(name)
+        yield f"{pg_server}/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

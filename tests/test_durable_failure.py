@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import PG_SERVER, TEST_SECRET, register_device
+from conftest import TEST_SECRET, register_device
 
 from ingest.app import RunningGateway
 from ledger.fiscal import fiscal_sign, ticket_identity
@@ -73,10 +73,15 @@ def database_name(database_url: str) -> str:
     return database_url.rsplit("/", 1)[1]
 
 
+def maintenance_url(database_url: str) -> str:
+    """The same server's `postgres` database, for statements about the test database."""
+    return database_url.rsplit("/", 1)[0] + "/postgres"
+
+
 async def terminate_gateway_connections(database_url: str) -> None:
     """Kills every server process of the test database (the gateway's pool) and waits."""
     await admin(
-        f"{PG_SERVER}/postgres",
+        maintenance_url(database_url),
         TERMINATE,
         args=(database_name(database_url), TERMINATE_WAIT_MS),
     )
@@ -85,7 +90,7 @@ async def terminate_gateway_connections(database_url: str) -> None:
 async def backend_pids(database_url: str) -> set[int]:
     """The server processes connected to the test database (the gateway's pool)."""
     async with asyncio.timeout(ADMIN_TIMEOUT):
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+        conn = await asyncpg.connect(maintenance_url(database_url))
         try:
             rows = await conn.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1", database_name(database_url)
@@ -229,7 +234,7 @@ async def test_read_only_database_answers_254_until_writable(
     before = await device_row(database_url, kkm.system_id)
     token = kkm.token
     name = database_name(database_url)
-    postgres = f"{PG_SERVER}/postgres"
+    postgres = maintenance_url(database_url)
     await admin(postgres, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     try:
         await terminate_gateway_connections(database_url)

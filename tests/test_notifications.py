@@ -1,11 +1,10 @@
-"""MQTT notifications against the real Mosquitto on 127.0.0.1:1883 (OFD_TEST_MQTT overrides):
+"""MQTT notifications against the real Mosquitto the session starts (conftest.mqtt_url):
 a subscriber receives what the control API and the devices' traffic raise, and a broker that
 is not there never slows ingest."""
 
 import asyncio
 import dataclasses
 import json
-import os
 import socket
 import time
 import uuid
@@ -30,7 +29,6 @@ from ledger.schemas import SCHEMAS
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.receipts import Line, build_ticket
 
-MQTT_URL = os.environ.get("OFD_TEST_MQTT", "mqtt://127.0.0.1:1883")
 DEADLINE = 20.0  # seconds the whole exchange with the broker may take
 
 
@@ -55,11 +53,11 @@ def gateway_id() -> str:
 
 @pytest.fixture
 async def notifying(
-    tmp_path: Path, database_url: str, gateway_id: str
+    tmp_path: Path, database_url: str, gateway_id: str, mqtt_url: str
 ) -> AsyncIterator[RunningGateway]:
     settings = dataclasses.replace(
         gateway_settings(tmp_path, database_url, gateway_id=gateway_id),
-        mqtt_url=MQTT_URL,
+        mqtt_url=mqtt_url,
         offline_alert_seconds=1.5,
         alert_scan_seconds=0.2,
     )
@@ -79,9 +77,9 @@ async def control(gateway: RunningGateway, method: str, request: Any) -> Any:
 
 
 async def test_a_subscriber_receives_every_kind_of_notification(
-    notifying: RunningGateway, database_url: str, gateway_id: str
+    notifying: RunningGateway, database_url: str, gateway_id: str, mqtt_url: str
 ) -> None:
-    mqtt = MqttSettings.from_url(MQTT_URL, gateway_id)
+    mqtt = MqttSettings.from_url(mqtt_url, gateway_id)
     seen: dict[tuple[int, str], dict[str, Any]] = {}
     async with aiomqtt.Client(mqtt.host, mqtt.port, timeout=5.0) as subscriber:
         await subscriber.subscribe(f"ofd/{gateway_id}/devices/#", qos=1)
