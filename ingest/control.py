@@ -32,8 +32,16 @@ from ingest.control_auth import (
 )
 from ingest.notifications import Notify, no_notify
 from ledger import registry
-from ledger.registry import RegistryError
-from ledger.state_store import Conn, load_state
+from ledger.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    RegistryError,
+    Unauthenticated,
+)
+from ledger.lifecycle import Action, DeviceStatus
+from ledger.state_store import DATABASE_ERRORS, Conn, load_state
 from ofdproto.control.v1 import control_pb2 as pb
 
 SERVICE = "ofdproto.control.v1.Control"
@@ -68,10 +76,10 @@ METHODS: dict[str, tuple[Any, Any, str]] = {
 }
 
 _STATUS_TO_PB = {
-    "awaiting_registration": pb.DEVICE_STATUS_AWAITING_REGISTRATION,
-    "registered": pb.DEVICE_STATUS_REGISTERED,
-    "awaiting_deregistration": pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
-    "deregistered": pb.DEVICE_STATUS_DEREGISTERED,
+    DeviceStatus.AWAITING_REGISTRATION: pb.DEVICE_STATUS_AWAITING_REGISTRATION,
+    DeviceStatus.REGISTERED: pb.DEVICE_STATUS_REGISTERED,
+    DeviceStatus.AWAITING_DEREGISTRATION: pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
+    DeviceStatus.DEREGISTERED: pb.DEVICE_STATUS_DEREGISTERED,
 }
 _STATUS_FROM_PB = {value: key for key, value in _STATUS_TO_PB.items()}
 _ROLE_TO_PB = {
@@ -80,14 +88,6 @@ _ROLE_TO_PB = {
     SERVICE_CENTRE: pb.ROLE_SERVICE_CENTRE,
 }
 _ROLE_FROM_PB = {value: key for key, value in _ROLE_TO_PB.items()}
-_KIND_TO_CODE = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "exists": grpc.StatusCode.ALREADY_EXISTS,
-    "precondition": grpc.StatusCode.FAILED_PRECONDITION,
-    "denied": grpc.StatusCode.PERMISSION_DENIED,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-}
 # With authentication off (tests of other things, benchmarks on loopback) every call is this.
 ANONYMOUS_OPERATOR = Caller(0, "anonymous", OPERATOR, None, frozenset(), frozenset())
 
@@ -134,8 +134,8 @@ def _point_pb(point: registry.TradePoint) -> pb.TradePoint:
     )
 
 
-def _denied(caller: Caller, what: str) -> RegistryError:
-    return RegistryError("denied", f"{caller.role} key {caller.name!r} may not {what}")
+def _denied(caller: Caller, what: str) -> PermissionDenied:
+    return PermissionDenied(f"{caller.role} key {caller.name!r} may not {what}")
 
 
 class ControlService:
@@ -210,7 +210,7 @@ class ControlService:
 
     async def UpdateOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
         if not req.id:
-            raise RegistryError("invalid", "which organization: its id is required")
+            raise InvalidRequest("which organization: its id is required")
         self._own_organization(
             caller, "organization", req.id, f"change organization {req.id}", whole=True
         )
@@ -219,10 +219,10 @@ class ControlService:
             async with conn.transaction():
                 current = (await registry.list_organizations(conn, organization_id=req.id))[:1]
                 if not current:
-                    raise RegistryError("not_found", f"no organization {req.id}")
+                    raise NotFound(f"no organization {req.id}")
                 if req.iin and req.iin != current[0].iin:
-                    raise RegistryError(
-                        "invalid", "an organization's IIN never changes: add the new taxpayer"
+                    raise InvalidRequest(
+                        "an organization's IIN never changes: add the new taxpayer"
                     )
                 updated = await registry.update_organization(conn, org)
                 await registry.audit(
@@ -319,7 +319,7 @@ class ControlService:
             req.model,
             req.year,
             req.trade_point_id,
-            "",
+            DeviceStatus.AWAITING_REGISTRATION,
         )
         async with self._pool.acquire() as conn:
             await self._scope_point(conn, caller, "devices", req.trade_point_id)
@@ -331,45 +331,53 @@ class ControlService:
         return _device_pb(added)
 
     async def _transition(
-        self, caller: Caller, method: str, system_id: int, to: str, trade_point_id: int = 0
+        self, caller: Caller, method: str, system_id: int, action: Action, trade_point_id: int = 0
     ) -> pb.Device:
         async with self._pool.acquire() as conn:
+            # Scope first: a caller that may not reach the device learns nothing of its status.
             await self._scope_device(conn, caller, METHODS[method][2], system_id)
             if trade_point_id:
                 # Re-registration moves a device only to a point the caller may reach as well.
                 await self._scope_point(conn, caller, "lifecycle", trade_point_id)
             async with conn.transaction():
                 device = await registry.transition(
-                    conn, system_id, to, trade_point_id=trade_point_id
+                    conn, system_id, action, trade_point_id=trade_point_id
                 )
                 await registry.audit(
-                    conn, caller.name, method, system_id, status=to, point=device.trade_point_id
+                    conn,
+                    caller.name,
+                    method,
+                    system_id,
+                    status=device.status.value,
+                    point=device.trade_point_id,
                 )
         self._changed(system_id)
-        self._notify(system_id, to, {"status": to, "trade_point_id": device.trade_point_id})
+        self._notify(
+            system_id,
+            device.status.value,
+            {"status": device.status.value, "trade_point_id": device.trade_point_id},
+        )
         return _device_pb(device)
 
     async def ActivateDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
-        return await self._transition(caller, "ActivateDevice", req.system_id, "registered")
+        return await self._transition(caller, "ActivateDevice", req.system_id, Action.ACTIVATE)
 
     async def RequestDeregistration(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
         return await self._transition(
-            caller, "RequestDeregistration", req.system_id, "awaiting_deregistration"
+            caller, "RequestDeregistration", req.system_id, Action.REQUEST_DEREGISTRATION
         )
 
     async def CancelDeregistration(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
-        async with self._pool.acquire() as conn:
-            device = await registry.get_device(conn, req.system_id)
-        if device.status != "awaiting_deregistration":
-            raise RegistryError("precondition", f"device {req.system_id} is {device.status}")
-        return await self._transition(caller, "CancelDeregistration", req.system_id, "registered")
+        return await self._transition(
+            caller, "CancelDeregistration", req.system_id, Action.CANCEL_DEREGISTRATION
+        )
 
     async def Deregister(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
-        return await self._transition(caller, "Deregister", req.system_id, "deregistered")
+        return await self._transition(caller, "Deregister", req.system_id, Action.DEREGISTER)
 
     async def Reregister(self, req: pb.Reregistration, caller: Caller) -> pb.Device:  # noqa: N802
         return await self._transition(
-            caller, "Reregister", req.system_id, "awaiting_registration", req.trade_point_id
+            caller, "Reregister", req.system_id, Action.REREGISTER, req.trade_point_id
         )
 
     async def _standing(
@@ -441,7 +449,7 @@ class ControlService:
                 )
                 if token is None:
                     await registry.get_device(conn, req.system_id)  # not_found if it is none
-                    raise RegistryError("precondition", "no token issued yet: IssueToken")
+                    raise PreconditionFailed("no token issued yet: IssueToken")
                 await registry.audit(conn, caller.name, "GetToken", req.system_id)
         return pb.TokenIssued(system_id=req.system_id, token=token)
 
@@ -489,7 +497,7 @@ class ControlService:
                 raise _denied(caller, f"list devices of trade point {req.trade_point_id}")
         elif caller.role == SERVICE_CENTRE:
             system_ids = caller.system_ids
-        status = _STATUS_FROM_PB.get(req.status, "")
+        status = _STATUS_FROM_PB.get(req.status)
         async with self._pool.acquire() as conn:
             devices = await registry.list_devices(
                 conn,
@@ -527,7 +535,7 @@ class ControlService:
         self._module(caller, "admin")
         role = _ROLE_FROM_PB.get(req.role)
         if role not in ROLES or not req.name:
-            raise RegistryError("invalid", "a key needs a name and a role")
+            raise InvalidRequest("a key needs a name and a role")
         async with self._pool.acquire() as conn, conn.transaction():
             key_id, key = await create_key(
                 conn,
@@ -552,7 +560,7 @@ class ControlService:
                 req.id,
             )
             if done is None:
-                raise RegistryError("not_found", f"no live key {req.id}")
+                raise NotFound(f"no live key {req.id}")
             await registry.audit(conn, caller.name, "RevokeApiKey", None, id=req.id)
         return pb.ApiKeyRef(id=req.id)
 
@@ -583,11 +591,11 @@ class ControlService:
             return ANONYMOUS_OPERATOR
         key = bearer(context.invocation_metadata())
         if key is None:
-            raise RegistryError("unauthenticated", "no `authorization: Bearer <key>` metadata")
+            raise Unauthenticated("no `authorization: Bearer <key>` metadata")
         async with self._pool.acquire() as conn:
             caller = await authenticate(conn, key)
         if caller is None:
-            raise RegistryError("unauthenticated", "unknown or revoked key")
+            raise Unauthenticated("unknown or revoked key")
         return caller
 
     def _guarded(
@@ -601,8 +609,8 @@ class ControlService:
             try:
                 return await method(request, await self._caller(context))
             except RegistryError as err:
-                await context.abort(_KIND_TO_CODE[err.kind], str(err))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                await context.abort(grpc.StatusCode[err.status], str(err))
+            except DATABASE_ERRORS as err:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store: {err!r}")
 
         return call

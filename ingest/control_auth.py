@@ -24,7 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger.registry import RegistryError
+from ledger.errors import InvalidRequest, NotFound
 from ledger.state_store import Conn
 
 OPERATOR, ORGANIZATION, SERVICE_CENTRE = "operator", "organization", "service_centre"
@@ -131,27 +131,26 @@ async def create_key(
 ) -> tuple[int, str]:
     """A new key (id, the key itself); the key is not kept anywhere but in the answer."""
     if role not in ROLES:
-        raise RegistryError("invalid", f"unknown role {role!r}")
+        raise InvalidRequest(f"unknown role {role!r}")
     if role == ORGANIZATION and not organization_id:
-        raise RegistryError("invalid", "an organization key needs its organization")
+        raise InvalidRequest("an organization key needs its organization")
     if role != ORGANIZATION and organization_id:
-        raise RegistryError("invalid", "only an organization key names an organization")
+        raise InvalidRequest("only an organization key names an organization")
     if role == SERVICE_CENTRE:
         unknown = modules - SERVICE_CENTRE_MODULES
         if unknown or not modules or not system_ids:
-            raise RegistryError(
-                "invalid",
+            raise InvalidRequest(
                 "a service centre key needs devices and modules among "
                 f"{', '.join(sorted(SERVICE_CENTRE_MODULES))}",
             )
         if len(system_ids) > MAX_GRANTED_DEVICES:
-            raise RegistryError("invalid", f"at most {MAX_GRANTED_DEVICES} devices per key")
+            raise InvalidRequest(f"at most {MAX_GRANTED_DEVICES} devices per key")
     elif system_ids or modules:
-        raise RegistryError("invalid", "only a service centre key lists devices and modules")
+        raise InvalidRequest("only a service centre key lists devices and modules")
     if trade_point_ids and role != ORGANIZATION:
-        raise RegistryError("invalid", "only an organization key lists trade points")
+        raise InvalidRequest("only an organization key lists trade points")
     if len(trade_point_ids) > MAX_GRANTED_POINTS:
-        raise RegistryError("invalid", f"at most {MAX_GRANTED_POINTS} trade points per key")
+        raise InvalidRequest(f"at most {MAX_GRANTED_POINTS} trade points per key")
     key = new_key()
     try:
         async with conn.transaction():
@@ -180,15 +179,11 @@ async def create_key(
                 )
                 if granted != len(trade_point_ids):
                     # Rolls the key back with the transaction.
-                    raise RegistryError(
-                        "invalid", "the key's trade points must be its organization's own"
-                    )
+                    raise InvalidRequest("the key's trade points must be its organization's own")
     except asyncpg.ForeignKeyViolationError as err:
-        raise RegistryError(
-            "not_found", f"refers to something that does not exist: {err.detail}"
-        ) from err
+        raise NotFound(f"refers to something that does not exist: {err.detail}") from err
     except asyncpg.CheckViolationError as err:
-        raise RegistryError("invalid", f"invalid value ({err.constraint_name})") from err
+        raise InvalidRequest(f"invalid value ({err.constraint_name})") from err
     return key_id, key
 
 

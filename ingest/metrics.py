@@ -70,6 +70,7 @@ from ledger.journal import Journal, JournalEntry
 from ledger.journal.spool import SpoolingJournal, SpoolStats
 from ledger.offline import offline_backlog
 from ledger.results import Command, ResultCode
+from ledger.state_store import DATABASE_ERRORS
 
 log = structlog.get_logger(__name__)
 
@@ -338,7 +339,7 @@ class GatewayMetrics:
         while True:
             try:
                 await self.refresh_offline(timeout)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DATABASE_ERRORS as err:
                 log.warning("offline gauges refresh failed", error=repr(err))
             await asyncio.sleep(interval)
 

@@ -56,6 +56,9 @@ import aiomqtt
 import asyncpg
 import structlog
 
+from ledger import alerts
+from ledger.state_store import DATABASE_ERRORS
+
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
@@ -66,12 +69,7 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 MAX_DIFFERENCES = 20
 DEFAULT_PORT = 1883
-# The periodic scan for silent devices and long shifts.
-SCAN_TIMEOUT = 10.0
-MAX_ALERTS_PER_SCAN = 1000
-SHIFT_LIMIT_HOURS = 24
-# Devices state shift times in their own local time; Kazakhstan is one zone (UTC+5) since 2024.
-DEVICE_TIMEZONE = "Asia/Almaty"
+SCAN_TIMEOUT = 10.0  # seconds one periodic alert scan may take
 
 # (system id, event, data): hands a notification over; never blocks, never raises.
 Notify = Callable[[int, str, dict[str, object]], None]
@@ -174,72 +172,28 @@ class Notifier:
                 delay = min(delay * 2, BACKOFF_MAX)
 
 
-# --- the periodic scan: devices silent too long, shifts open too long ---
-
-RAISE_OFFLINE_SQL = """
-INSERT INTO device_alerts (system_id, kind, shift_number)
-SELECT s.system_id, 'offline', 0
-FROM device_state s JOIN devices d ON d.system_id = s.system_id
-WHERE d.status IN ('registered', 'awaiting_deregistration')
-  AND s.last_contact < now() - make_interval(secs => $1)
-ORDER BY s.system_id
-LIMIT $2
-ON CONFLICT DO NOTHING
-RETURNING system_id,
-    (SELECT last_contact FROM device_state x WHERE x.system_id = device_alerts.system_id)
-        AS last_contact
-"""
-CLEAR_OFFLINE_SQL = """
-DELETE FROM device_alerts a USING device_state s
-WHERE a.kind = 'offline' AND s.system_id = a.system_id AND s.last_contact > a.raised_at
-"""
-RAISE_SHIFT_SQL = f"""
-INSERT INTO device_alerts (system_id, kind, shift_number)
-SELECT s.system_id, 'shift_open', s.shift_number
-FROM device_state s JOIN devices d ON d.system_id = s.system_id
-WHERE d.status IN ('registered', 'awaiting_deregistration') AND s.shift_open
-  AND s.shift_opened_at < (now() AT TIME ZONE '{DEVICE_TIMEZONE}')
-                          - make_interval(hours => {SHIFT_LIMIT_HOURS})
-ORDER BY s.system_id
-LIMIT $1
-ON CONFLICT DO NOTHING
-RETURNING system_id, shift_number,
-    (SELECT shift_opened_at FROM device_state x WHERE x.system_id = device_alerts.system_id)
-        AS shift_opened_at
-"""
-CLEAR_SHIFT_SQL = """
-DELETE FROM device_alerts a USING device_state s
-WHERE a.kind = 'shift_open' AND s.system_id = a.system_id
-  AND (NOT s.shift_open OR s.shift_number <> a.shift_number)
-"""
+# --- the periodic scan (ledger.alerts): devices silent too long, shifts open too long ---
 
 
 async def scan_once(pool: asyncpg.Pool, notify: Notify, offline_seconds: float) -> int:
-    """Raises each alert once (the row in device_alerts says it was: with several gateways
-    only the one whose insert wins publishes), and clears those that no longer hold."""
-    raised = 0
-    async with pool.acquire(timeout=SCAN_TIMEOUT) as conn, conn.transaction():
-        await conn.execute(CLEAR_OFFLINE_SQL, timeout=SCAN_TIMEOUT)
-        await conn.execute(CLEAR_SHIFT_SQL, timeout=SCAN_TIMEOUT)
-        offline = await conn.fetch(
-            RAISE_OFFLINE_SQL, offline_seconds, MAX_ALERTS_PER_SCAN, timeout=SCAN_TIMEOUT
-        )
-        shifts = await conn.fetch(RAISE_SHIFT_SQL, MAX_ALERTS_PER_SCAN, timeout=SCAN_TIMEOUT)
+    """Publishes the alerts one scan raises; returns how many."""
+    async with pool.acquire(timeout=SCAN_TIMEOUT) as conn:
+        raised = await alerts.scan(conn, offline_seconds, timeout=SCAN_TIMEOUT)
     now = datetime.now(UTC)
-    for row in offline:
-        last: datetime = row["last_contact"]
-        seconds = int((now - last).total_seconds())
-        notify(row["system_id"], "offline", {"last_contact": last.isoformat(), "seconds": seconds})
-        raised += 1
-    for row in shifts:
-        opened: datetime = row["shift_opened_at"]
+    for offline in raised.offline:
+        seconds = int((now - offline.last_contact).total_seconds())
         notify(
-            row["system_id"],
-            "shift_open_too_long",
-            {"shift_number": row["shift_number"], "opened_at": opened.isoformat()},
+            offline.system_id,
+            "offline",
+            {"last_contact": offline.last_contact.isoformat(), "seconds": seconds},
         )
-        raised += 1
-    return raised
+    for shift in raised.shifts_open:
+        notify(
+            shift.system_id,
+            "shift_open_too_long",
+            {"shift_number": shift.shift_number, "opened_at": shift.opened_at.isoformat()},
+        )
+    return len(raised.offline) + len(raised.shifts_open)
 
 
 async def scan_forever(
@@ -251,6 +205,6 @@ async def scan_forever(
         with contextlib.suppress(TimeoutError):
             try:
                 await scan_once(pool, notify, offline_seconds)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DATABASE_ERRORS as err:
                 log.warning("alert scan failed", error=repr(err))
         await asyncio.sleep(interval)

@@ -93,7 +93,7 @@ class _Lease:
             self.close()
             return
         self._conn = None
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             # A reset that fails closes the connection itself: nothing is left to do.
             await self._pool.release(conn, timeout=timeout)
 

@@ -4,14 +4,8 @@ Plain functions over a connection; the control API calls them and turns Registry
 gRPC status. Every change to device_state bumps its version, so a gateway that cached the old
 state loses its next conditional update and re-reads.
 
-The registration lifecycle (protocol.md, "Duties of an OFD"):
-
-    awaiting_registration --register--> registered --request_deregistration-->
-    awaiting_deregistration --deregister--> deregistered --reregister(point)-->
-    awaiting_registration (at another trade point) ...
-
-awaiting_deregistration may go back to registered (the request withdrawn). Blocking and the
-subscription are apart from the status: a registered device may be blocked or switched off.
+The registration lifecycle's vocabulary is ledger.lifecycle; `transition` carries an action out
+under the device's row lock.
 """
 
 import json
@@ -21,15 +15,16 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from ledger.errors import OfdError
+from ledger.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    RegistryError,
+)
+from ledger.lifecycle import TRANSITIONS, Action, DeviceStatus
 from ledger.state_store import Conn
 
-DEVICE_STATUSES = (
-    "awaiting_registration",
-    "registered",
-    "awaiting_deregistration",
-    "deregistered",
-)
 MAX_SYSTEM_ID = 0xFFFFFFFF
 MAX_BLOCK_MESSAGE = 500  # characters; the column's CHECK says the same
 # A trade point's coordinates may change at most once in this long (issue 6).
@@ -37,22 +32,6 @@ COORDINATES_CHANGE_INTERVAL = timedelta(days=1)
 # Lists are bounded: a caller pages with `after` (the last system id it saw).
 MAX_LIST = 1000
 MAX_AUDIT = 1000
-
-# status -> the statuses a control call may move it to
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "awaiting_registration": frozenset({"registered"}),
-    "registered": frozenset({"awaiting_deregistration"}),
-    "awaiting_deregistration": frozenset({"deregistered", "registered"}),
-    "deregistered": frozenset({"awaiting_registration"}),
-}
-
-
-class RegistryError(OfdError):
-    """A control request that cannot be carried out; `kind` picks the gRPC status."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind  # "not_found" | "invalid" | "exists" | "precondition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +63,7 @@ class Device:
     model: str
     year: int
     trade_point_id: int
-    status: str
+    status: DeviceStatus
     blocked: bool = False
     block_message: str = ""
     subscription_active: bool = True
@@ -105,14 +84,20 @@ DEVICE_COLUMNS = (
 )
 
 
+def _device(row: asyncpg.Record) -> Device:
+    fields = list(row)
+    fields[6] = DeviceStatus(fields[6])
+    return Device(*fields)
+
+
 def _translate(err: asyncpg.PostgresError) -> RegistryError:
     if isinstance(err, asyncpg.UniqueViolationError):
-        return RegistryError("exists", f"already registered: {err.detail or err}")
+        return AlreadyExists(f"already registered: {err.detail or err}")
     if isinstance(err, asyncpg.ForeignKeyViolationError):
-        return RegistryError("not_found", f"refers to something that does not exist: {err.detail}")
+        return NotFound(f"refers to something that does not exist: {err.detail}")
     if isinstance(err, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
-        return RegistryError("invalid", f"invalid value ({err.constraint_name or err})")
-    return RegistryError("invalid", str(err))
+        return InvalidRequest(f"invalid value ({err.constraint_name or err})")
+    return InvalidRequest(str(err))
 
 
 async def add_organization(conn: Conn, org: Organization) -> Organization:
@@ -153,7 +138,7 @@ async def update_organization(conn: Conn, org: Organization) -> Organization:
         except asyncpg.PostgresError as err:
             raise _translate(err) from err
         if row is None:
-            raise RegistryError("not_found", f"no organization {org.id}")
+            raise NotFound(f"no organization {org.id}")
         # The organization's facts go out in SYSTEM and INFO answers: its devices re-read them.
         await conn.execute(
             "UPDATE device_state s SET version = version + 1 FROM devices d"
@@ -237,7 +222,7 @@ async def add_trade_point(conn: Conn, point: TradePoint) -> TradePoint:
 async def add_device(conn: Conn, device: Device) -> Device:
     """Adds a device awaiting registration; system id 0 asks the registry for the next free one."""
     if not 0 <= device.system_id <= MAX_SYSTEM_ID:
-        raise RegistryError("invalid", f"system id {device.system_id} is not a u32")
+        raise InvalidRequest(f"system id {device.system_id} is not a u32")
     try:
         async with conn.transaction():
             system_id = device.system_id or await conn.fetchval(
@@ -263,7 +248,7 @@ async def add_device(conn: Conn, device: Device) -> Device:
         device.model,
         device.year,
         device.trade_point_id,
-        "awaiting_registration",
+        DeviceStatus.AWAITING_REGISTRATION,
     )
 
 
@@ -273,21 +258,21 @@ async def get_device(conn: Conn, system_id: int) -> Device:
         system_id,
     )
     if row is None:
-        raise RegistryError("not_found", f"no device with system id {system_id}")
-    return Device(*row)
+        raise NotFound(f"no device with system id {system_id}")
+    return _device(row)
 
 
-async def set_status(conn: Conn, system_id: int, status: str) -> Device:
-    if status not in DEVICE_STATUSES:
-        raise RegistryError("invalid", f"unknown status {status!r}")
+async def set_status(conn: Conn, system_id: int, status: DeviceStatus) -> Device:
+    """Sets the status whatever it was (tests and the registry's own setup; the control API moves
+    devices by `transition` only)."""
     async with conn.transaction():
         done = await conn.fetchval(
             "UPDATE devices SET status = $2 WHERE system_id = $1 RETURNING system_id",
             system_id,
-            status,
+            status.value,
         )
         if done is None:
-            raise RegistryError("not_found", f"no device with system id {system_id}")
+            raise NotFound(f"no device with system id {system_id}")
         # Bumping the version makes every gateway re-read the device before answering it.
         await conn.execute(
             "UPDATE device_state SET version = version + 1 WHERE system_id = $1", system_id
@@ -306,7 +291,7 @@ async def issue_token(conn: Conn, system_id: int) -> int:
         token,
     )
     if done is None:
-        raise RegistryError("not_found", f"no device with system id {system_id}")
+        raise NotFound(f"no device with system id {system_id}")
     return token
 
 
@@ -342,31 +327,36 @@ async def _bump(conn: Conn, system_id: int) -> None:
     )
 
 
-async def transition(conn: Conn, system_id: int, to: str, *, trade_point_id: int = 0) -> Device:
-    """Moves a device along the lifecycle, refusing a move the lifecycle does not have.
+async def transition(
+    conn: Conn, system_id: int, action: Action, *, trade_point_id: int = 0
+) -> Device:
+    """Carries out a lifecycle action, refusing it unless the device is in the status the action
+    starts from; the check and the move happen under one row lock, so two callers cannot both
+    pass the check.
 
-    Re-registration (deregistered -> awaiting_registration) may move it to another trade point;
-    the shift and document counters stay: shift numbers run on from the first registration.
+    Re-registration may move the device to another trade point; the shift and document counters
+    stay: shift numbers run on from the first registration.
     """
-    if to not in DEVICE_STATUSES:
-        raise RegistryError("invalid", f"unknown status {to!r}")
+    start, end = TRANSITIONS[action]
+    if trade_point_id and action is not Action.REREGISTER:
+        raise InvalidRequest("only re-registration moves a device to another point")
     async with conn.transaction():
         current = await conn.fetchval(
             "SELECT status FROM devices WHERE system_id = $1 FOR UPDATE", system_id
         )
         if current is None:
-            raise RegistryError("not_found", f"no device with system id {system_id}")
-        if to not in TRANSITIONS[current]:
-            raise RegistryError("precondition", f"a device {current} cannot become {to}")
-        if trade_point_id and to != "awaiting_registration":
-            raise RegistryError("invalid", "only re-registration moves a device to another point")
+            raise NotFound(f"no device with system id {system_id}")
+        if current != start:
+            raise PreconditionFailed(
+                f"device {system_id} is {current}: {action} needs a device {start}"
+            )
         try:
             await conn.execute(
                 "UPDATE devices SET status = $2,"
                 " trade_point_id = CASE WHEN $3::bigint = 0 THEN trade_point_id ELSE $3 END"
                 " WHERE system_id = $1",
                 system_id,
-                to,
+                end.value,
                 trade_point_id,
             )
         except asyncpg.PostgresError as err:
@@ -378,9 +368,9 @@ async def transition(conn: Conn, system_id: int, to: str, *, trade_point_id: int
 async def set_blocked(conn: Conn, system_id: int, blocked: bool, message: str = "") -> Device:
     """Blocks (with the message the device shows) or unblocks a device."""
     if len(message) > MAX_BLOCK_MESSAGE:
-        raise RegistryError("invalid", f"block message longer than {MAX_BLOCK_MESSAGE} characters")
+        raise InvalidRequest(f"block message longer than {MAX_BLOCK_MESSAGE} characters")
     if blocked and not message.strip():
-        raise RegistryError("invalid", "a block needs the message the device will show")
+        raise InvalidRequest("a block needs the message the device will show")
     async with conn.transaction():
         done = await conn.fetchval(
             "UPDATE devices SET blocked = $2, block_message = $3 WHERE system_id = $1"
@@ -390,7 +380,7 @@ async def set_blocked(conn: Conn, system_id: int, blocked: bool, message: str = 
             message if blocked else "",
         )
         if done is None:
-            raise RegistryError("not_found", f"no device with system id {system_id}")
+            raise NotFound(f"no device with system id {system_id}")
         await _bump(conn, system_id)
     return await get_device(conn, system_id)
 
@@ -403,7 +393,7 @@ async def set_subscription(conn: Conn, system_id: int, active: bool) -> Device:
             active,
         )
         if done is None:
-            raise RegistryError("not_found", f"no device with system id {system_id}")
+            raise NotFound(f"no device with system id {system_id}")
         await _bump(conn, system_id)
     return await get_device(conn, system_id)
 
@@ -418,13 +408,12 @@ async def update_trade_point(conn: Conn, point: TradePoint) -> TradePoint:
             point.id,
         )
         if row is None:
-            raise RegistryError("not_found", f"no trade point {point.id}")
+            raise NotFound(f"no trade point {point.id}")
         moved = (row["latitude"], row["longitude"]) != (point.latitude, point.longitude)
         changed_at = row["coordinates_changed_at"]
         recently = changed_at is not None and row["now"] - changed_at < COORDINATES_CHANGE_INTERVAL
         if moved and recently:
-            raise RegistryError(
-                "precondition",
+            raise PreconditionFailed(
                 f"coordinates of trade point {point.id} changed at {changed_at:%Y-%m-%d %H:%M}"
                 " UTC: at most once a day",
             )
@@ -458,7 +447,7 @@ async def get_trade_point(conn: Conn, point_id: int) -> TradePoint:
         f"SELECT {TRADE_POINT_COLUMNS} FROM trade_points WHERE id = $1", point_id
     )
     if row is None:
-        raise RegistryError("not_found", f"no trade point {point_id}")
+        raise NotFound(f"no trade point {point_id}")
     return TradePoint(*row)
 
 
@@ -468,15 +457,13 @@ async def list_devices(
     organization_id: int = 0,
     trade_point_id: int = 0,
     point_ids: frozenset[int] | None = None,
-    status: str = "",
+    status: DeviceStatus | None = None,
     system_ids: frozenset[int] | None = None,
     after: int = 0,
     limit: int = MAX_LIST,
 ) -> list[Device]:
-    """Devices by organization, trade point and status (0 / "" match any), in system id order;
+    """Devices by organization, trade point and status (0 / None match any), in system id order;
     `point_ids` and `system_ids` narrow to those (a caller's scope)."""
-    if status and status not in DEVICE_STATUSES:
-        raise RegistryError("invalid", f"unknown status {status!r}")
     columns = ", ".join(f"d.{c.strip()}" for c in DEVICE_COLUMNS.split(","))
     rows = await conn.fetch(
         f"SELECT {columns} FROM devices d JOIN trade_points p ON p.id = d.trade_point_id"
@@ -489,13 +476,13 @@ async def list_devices(
         " ORDER BY d.system_id LIMIT $6",
         organization_id,
         trade_point_id,
-        status,
+        "" if status is None else status.value,
         None if system_ids is None else sorted(system_ids),
         after,
         _page(limit),
         None if point_ids is None else sorted(point_ids),
     )
-    return [Device(*row) for row in rows]
+    return [_device(row) for row in rows]
 
 
 async def placement_of_device(conn: Conn, system_id: int) -> tuple[int, int] | None:

@@ -27,6 +27,7 @@ from ingest.settings import Settings
 from ingest.tcp_server import ServerSettings
 from ledger import registry
 from ledger.group_commit import CommitSettings
+from ledger.lifecycle import DeviceStatus
 from ledger.migrate import migrate
 from simulators.stage.mosquitto import MosquittoBroker
 from simulators.stage.postgres import PostgresServer
@@ -133,7 +134,10 @@ async def register_device(
         )
         kgd = f"{secrets.randbelow(10**12):012d}"
         device = await registry.add_device(
-            conn, registry.Device(0, kgd, "SN-1", "Test KKM", 2024, point.id, "")
+            conn,
+            registry.Device(
+                0, kgd, "SN-1", "Test KKM", 2024, point.id, DeviceStatus.AWAITING_REGISTRATION
+            ),
         )
         issued = await registry.issue_token(conn, device.system_id)
         if token is not None:
@@ -142,7 +146,7 @@ async def register_device(
             )
             issued = token
         if activate:
-            await registry.set_status(conn, device.system_id, "registered")
+            await registry.set_status(conn, device.system_id, DeviceStatus.REGISTERED)
         return RegisteredDevice(device.system_id, issued, kgd)
     finally:
         await conn.close()

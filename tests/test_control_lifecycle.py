@@ -385,6 +385,9 @@ async def test_callers_are_held_to_their_scope(ofd: Ofd) -> None:
         ("kkm", "token", str(device_b)),
         ("kkm", "get-token", str(device_b)),
         ("kkm", "deregister-request", str(device_b)),
+        # Scope before state: refused as out of reach, not as "device ... is awaiting_registration"
+        # (which told one organization another's device status).
+        ("kkm", "deregister-cancel", str(device_b)),
         ("kkm", "list", "--org", str(org_b)),
         ("point", "add", "--org", str(org_b), "--title", "x"),
         ("kkm", "block", str(device_a), "--message", "no"),  # the OFD's act, not the shop's
@@ -396,6 +399,7 @@ async def test_callers_are_held_to_their_scope(ofd: Ofd) -> None:
         refused = await ofd(*argv, key=org_key)
         assert refused.code == 1, argv
         assert "permission_denied" in refused.err, (argv, refused.err)
+        assert "awaiting" not in refused.err, (argv, refused.err)
 
     centre_key = (await ofd.ok(
         "key", "add", "--name", "centre-1", "--role", "service_centre", "--device",

@@ -10,6 +10,7 @@ from conftest import register_device
 
 from ingest.app import RunningGateway
 from ledger import registry
+from ledger.lifecycle import Action
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.backends import open_warehouse
@@ -120,10 +121,10 @@ async def test_revenue_per_trade_point_follows_a_device_that_moved(
         second = await registry.add_trade_point(
             conn, registry.TradePoint(0, org, "Дүкен 2", "Абай 2", "Абай 2", 43238949, 76889709)
         )
-        for status in ("awaiting_deregistration", "deregistered"):
-            await registry.transition(conn, sid, status)
-        await registry.transition(conn, sid, "awaiting_registration", trade_point_id=second.id)
-        await registry.transition(conn, sid, "registered")
+        for action in (Action.REQUEST_DEREGISTRATION, Action.DEREGISTER):
+            await registry.transition(conn, sid, action)
+        await registry.transition(conn, sid, Action.REREGISTER, trade_point_id=second.id)
+        await registry.transition(conn, sid, Action.ACTIVATE)
     finally:
         await conn.close()
     await sell(3, 40_000)
