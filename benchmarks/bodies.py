@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from ingest.commands import FiscalSettings, RequestContext, handle_ticket
-from ledger.device_state import REGISTERED, DeviceState, RegInfo
+from ledger.device_state import DeviceState, RegInfo
+from ledger.lifecycle import DeviceStatus
 from ledger.results import Command
 from ledger.schemas import SCHEMAS
 from simulators.receipts import KZ_TIME, build_ticket, random_lines
@@ -103,8 +104,8 @@ def _sample_state(system_id: int) -> DeviceState:
         latitude=0,
         longitude=0,
     )
-    return DeviceState(system_id, REGISTERED, reg, 1, 1, None, None, None, None, 0, False, 0, 0, 0,
-                       None, None)  # fmt: skip
+    return DeviceState(system_id, DeviceStatus.REGISTERED, reg, 1, 1, None, None, None, None, 0,
+                       False, 0, 0, 0, None, None)  # fmt: skip
 
 
 def ticket_ok_body(pool: RequestPool, secret: bytes = bytes(32)) -> bytes:

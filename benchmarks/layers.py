@@ -55,6 +55,7 @@ from ledger.embedded_pg import start_embedded_postgres
 from ledger.journal import JournalEntry
 from ledger.journal.local import HEADER as RECORD_HEADER
 from ledger.journal.local import LocalJournal
+from ledger.lifecycle import DeviceStatus
 from ledger.migrate import migrate
 from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states
@@ -301,9 +302,10 @@ async def _seed_devices(conn: asyncpg.Connection, rows: int) -> list[DeviceState
     await conn.execute(
         "INSERT INTO devices (system_id, kgd_registration_number, serial_number, model, year,"
         " trade_point_id, status) SELECT g, (600000000000 + g)::text, 'SN', 'Bench', 2025, $1,"
-        " 'registered' FROM generate_series(1, $2) AS g",
+        " $3 FROM generate_series(1, $2) AS g",
         point,
         rows,
+        DeviceStatus.REGISTERED.value,
     )
     await conn.execute(
         "INSERT INTO device_state (system_id, token) SELECT g, 1 FROM generate_series(1, $1) AS g",

@@ -61,6 +61,7 @@ from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
 from ledger.journal.view import summarize_journal
+from ledger.lifecycle import DeviceStatus
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2
@@ -395,10 +396,10 @@ def _add_control(sub: Any) -> None:
 
 
 STATUS_CHOICES = {
-    "awaiting_registration": pb.DEVICE_STATUS_AWAITING_REGISTRATION,
-    "registered": pb.DEVICE_STATUS_REGISTERED,
-    "awaiting_deregistration": pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
-    "deregistered": pb.DEVICE_STATUS_DEREGISTERED,
+    DeviceStatus.AWAITING_REGISTRATION.value: pb.DEVICE_STATUS_AWAITING_REGISTRATION,
+    DeviceStatus.REGISTERED.value: pb.DEVICE_STATUS_REGISTERED,
+    DeviceStatus.AWAITING_DEREGISTRATION.value: pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
+    DeviceStatus.DEREGISTERED.value: pb.DEVICE_STATUS_DEREGISTERED,
 }
 ROLE_CHOICES = {
     "operator": pb.ROLE_OPERATOR,

@@ -6,8 +6,6 @@ from datetime import datetime
 from ledger.offline import OfflineWrite
 from ledger.tally import EMPTY_TALLY, Tally
 
-REGISTERED = "registered"
-
 
 @dataclass(frozen=True, slots=True)
 class RegInfo:

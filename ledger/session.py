@@ -22,10 +22,9 @@ from enum import Enum
 
 from ledger.device_state import DeviceState
 from ledger.errors import Refusal
+from ledger.lifecycle import SERVED_STATUSES, DeviceStatus
 from ledger.results import ResultCode
 
-SERVED_STATUSES = frozenset({"registered", "awaiting_deregistration"})
-DEREGISTERED = "deregistered"
 # The first version whose code 18 means DEREGISTERED and that knows DISCONNECTED (19).
 V204 = 204
 SUBSCRIPTION_OFF_TEXT = "subscription switched off: pay or contact the OFD"
@@ -41,7 +40,7 @@ def check_standing(state: DeviceState | None, version: int) -> DeviceState:
     """Refuses a device the registry does not let talk; returns the state of one it does."""
     if state is None:
         raise Refusal(ResultCode.UNKNOWN_ID, "unknown system id")
-    if state.status == DEREGISTERED and version >= V204:
+    if state.status == DeviceStatus.DEREGISTERED and version >= V204:
         raise Refusal(ResultCode.CODE_18, "device is deregistered")
     if state.status not in SERVED_STATUSES:
         raise Refusal(ResultCode.UNKNOWN_ID, f"device is not registered ({state.status})")

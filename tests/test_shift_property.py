@@ -22,8 +22,9 @@ from ingest.app import RunningGateway
 from ingest.codec import FrameHeader
 from ingest.commands import FiscalSettings, RequestContext, handler_for
 from ingest.pipeline import next_state
-from ledger.device_state import REGISTERED, DeviceState, RegInfo
+from ledger.device_state import DeviceState, RegInfo
 from ledger.errors import Refusal
+from ledger.lifecycle import DeviceStatus
 from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.tally import inconsistencies
@@ -66,7 +67,7 @@ def _drive(state: DeviceState, request: Any, number: int) -> DeviceState:
 def _fresh_state(version: int) -> DeviceState:
     return DeviceState(
         system_id=1,
-        status=REGISTERED,
+        status=DeviceStatus.REGISTERED,
         reg=REG,
         version=1,
         token=1,
