@@ -20,9 +20,9 @@ from typing import Any
 from ingest.commands import FiscalSettings, RequestContext, handle_ticket
 from ledger.device_state import DeviceState, RegInfo
 from ledger.lifecycle import DeviceStatus
-from ledger.results import Command
 from ledger.schemas import SCHEMAS
-from simulators.receipts import KZ_TIME, build_ticket, random_lines
+from ledger.wire import KZ_TIME, Command
+from simulators.receipts import build_ticket, random_lines
 
 DEFAULT_POOL_SIZE = 1000
 MAX_LINES = 5  # a typical grocery receipt: 1-5 lines

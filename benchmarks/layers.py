@@ -49,7 +49,7 @@ import asyncpg
 from benchmarks.bodies import RequestPool, build_pool, ticket_ok_body
 from benchmarks.report import finished_at, machine, write_json
 from ingest.body import parse_request
-from ingest.codec import HEADER_SIZE, FrameDecoder, encode
+from ingest.codec import FrameDecoder, encode
 from ledger.device_state import DeviceState
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.journal import JournalEntry
@@ -60,6 +60,7 @@ from ledger.migrate import migrate
 from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states
 from ledger.ticket_checks import check_ticket
+from ledger.wire import HEADER_SIZE
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.stage.processes import postmaster_pids, unwind_on_sigterm
 

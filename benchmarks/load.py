@@ -47,10 +47,10 @@ from google.protobuf.message import DecodeError
 
 from benchmarks.bodies import DeviceKey, RequestPool, build_pool
 from benchmarks.fleet import register_devices
-from ingest.codec import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, encode
+from ingest.codec import encode
 from ingest.grpc_ingest import ID_KEY, REQUEST_NUMBER_KEY, SERVICE, TOKEN_KEY, VERSION_KEY
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, ResultCode
 from ofdproto.ingest.v1 import ingest_pb2 as pb
 
 Mode = Literal["persistent", "per-request", "grpc"]

@@ -11,8 +11,8 @@ from google.protobuf.message import DecodeError
 
 from ingest.codec import FrameHeader, encode
 from ledger.errors import Refusal
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 
 _FIELD_COMMAND_TAG = 0x08  # field 1, varint
 _VARINT_CONTINUES = 0x80

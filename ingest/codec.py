@@ -1,25 +1,21 @@
 """The frame codec: bytes in, frames out; frames in, bytes out. No I/O, no asyncio.
 
-Every frame, both ways, is an 18-byte little-endian header followed by a protobuf body:
-
-    u16 app code (0x81A2) | u16 version | u32 size (header included) | u32 id | u32 token | u16 req
-
-The declared size is checked against hard limits as soon as the header is complete, before a
-single body byte is buffered, so a hostile length cannot make us allocate.
+The header's layout and limits are ledger.wire's. The declared size is checked against hard
+limits as soon as the header is complete, before a single body byte is buffered, so a hostile
+length cannot make us allocate.
 """
 
-import struct
 from dataclasses import dataclass
 
 from ledger.errors import Refusal
-from ledger.results import ResultCode
-
-APP_CODE = 0x81A2
-HEADER = struct.Struct("<HHIIIH")
-HEADER_SIZE = HEADER.size  # 18
-SUPPORTED_VERSIONS = frozenset({203, 204})
-# A receipt is well under 4 KiB; a thousand-line receipt with excise stamps stays under 512 KiB.
-MAX_FRAME_SIZE = 1024 * 1024
+from ledger.wire import (
+    APP_CODE,
+    HEADER,
+    HEADER_SIZE,
+    MAX_FRAME_SIZE,
+    SUPPORTED_VERSIONS,
+    ResultCode,
+)
 
 
 @dataclass(frozen=True, slots=True)

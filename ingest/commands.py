@@ -18,7 +18,7 @@ QR_GENERATE and QR_GET_STATUS answer from what `ingest.prepare` read for them
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -30,14 +30,13 @@ from ledger.nomenclature import fill as fill_catalogue
 from ledger.offline import CLOSE, OfflineTicket, OfflineWrite, digest_of, widen
 from ledger.operators import Operator
 from ledger.qr_payments import QrPayment
-from ledger.results import Command, ResultCode
 from ledger.shifts import enter_shift
 from ledger.tally import WITHDRAWAL, Tally, add_placement, add_receipt, close_shift
 from ledger.tally_codec import to_bytes
 from ledger.ticket_checks import refuse, summarize_ticket, tiyn
+from ledger.wire import KZ_TIME, Command, ResultCode
 from ledger.zx_report import REPORT_X, REPORT_Z, compare, read_date_time, render
 
-KZ_TIME = timezone(timedelta(hours=5), "UTC+05")
 AUTH_OK, AUTH_INVALID_LOGIN_PASSWORD = 0, 1  # AuthResponse.ResultTypeEnum
 
 

@@ -21,15 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ingest.body import refusal_frame
-from ingest.codec import (
-    HEADER,
-    HEADER_SIZE,
-    MAX_FRAME_SIZE,
-    SUPPORTED_VERSIONS,
-    Frame,
-    FrameError,
-    FrameHeader,
-)
+from ingest.codec import Frame, FrameError, FrameHeader
+from ledger.wire import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, SUPPORTED_VERSIONS
 from ofdproto.ingest.v1 import ingest_pb2 as pb
 
 SERVICE = "ofdproto.ingest.v1.Ingest"

@@ -47,7 +47,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from threading import Thread
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -62,15 +62,15 @@ from prometheus_client.core import (
     Metric,
 )
 
-from ingest.codec import HEADER_SIZE, Frame
+from ingest.codec import Frame
 from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
 from ledger.journal import Journal, JournalEntry
 from ledger.journal.spool import SpoolingJournal, SpoolStats
 from ledger.offline import offline_backlog
-from ledger.results import Command, ResultCode
 from ledger.state_store import DATABASE_ERRORS
+from ledger.wire import HEADER_SIZE, KZ_TIME, Command, ResultCode
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,6 @@ DEFAULT_METRICS_PORT = 7779
 OFFLINE_REFRESH_SECONDS = 30.0
 OFFLINE_REFRESH_TIMEOUT = 10.0
 # Offline windows are kept in device-local time (ledger/offline.py): Kazakhstan, UTC+5.
-DEVICE_UTC_OFFSET = timezone(timedelta(hours=5))
 
 Handler = Callable[[Frame], Awaitable[bytes]]
 # What the gRPC side needs to run a request as a task of its own.
@@ -326,7 +325,7 @@ class GatewayMetrics:
         the last values in place)."""
         if self._pool is None:
             return
-        now = datetime.now(UTC).astimezone(DEVICE_UTC_OFFSET).replace(tzinfo=None)
+        now = datetime.now(UTC).astimezone(KZ_TIME).replace(tzinfo=None)
         async with asyncio.timeout(timeout), self._pool.acquire(timeout=timeout) as conn:
             backlog = await offline_backlog(conn, now=now, timeout=timeout)
         self._offline = (backlog.windows_open, backlog.max_age.total_seconds())

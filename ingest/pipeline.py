@@ -33,15 +33,14 @@ from ledger.fiscal import next_token
 from ledger.group_commit import GroupCommitter
 from ledger.journal import JournalEntry
 from ledger.offline import OfflineWrite
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
 from ledger.state_loads import GroupLoads
+from ledger.wire import ENVELOPE_VERSION, ResultCode
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 log = structlog.get_logger(__name__)
 
-ENVELOPE_VERSION = 1
 # A request whose state write lost to a concurrent one is re-evaluated this many times at most.
 MAX_CONFLICT_ATTEMPTS = 3
 # Device states kept in memory; past this the cache is cleared piecemeal (it is only a hint).

@@ -18,9 +18,9 @@ from ledger.nomenclature import answer_for
 from ledger.offline import find_offline_ticket
 from ledger.operators import authenticate, find_operator
 from ledger.qr_payments import QrError, find, generate, qr_code_for
-from ledger.results import Command
 from ledger.state_store import DATABASE_ERRORS
 from ledger.ticket_checks import refuse, tiyn
+from ledger.wire import Command
 
 Conn = Any  # a pooled connection
 Preparer = Callable[[Conn, DeviceState, Any, FiscalSettings, float], Awaitable[Any]]

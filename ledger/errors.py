@@ -6,7 +6,7 @@ Control requests that cannot be carried out are `RegistryError`s, one subclass p
 naming the gRPC status the edge answers with (by name: the domain does not import gRPC).
 """
 
-from ledger.results import ResultCode
+from ledger.wire import ResultCode
 
 
 class OfdError(Exception):

@@ -23,7 +23,7 @@ from enum import Enum
 from ledger.device_state import DeviceState
 from ledger.errors import Refusal
 from ledger.lifecycle import SERVED_STATUSES, DeviceStatus
-from ledger.results import ResultCode
+from ledger.wire import ResultCode
 
 # The first version whose code 18 means DEREGISTERED and that knows DISCONNECTED (19).
 V204 = 204

@@ -15,9 +15,9 @@
 from datetime import datetime, timedelta
 
 from ledger.errors import Refusal
-from ledger.results import ResultCode
 from ledger.tally import Tally, close_shift, open_shift
 from ledger.ticket_checks import refuse
+from ledger.wire import ResultCode
 
 SHIFT_TIMEOUT = timedelta(hours=24)
 

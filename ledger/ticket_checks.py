@@ -29,8 +29,8 @@ from datetime import datetime
 from typing import Any
 
 from ledger.errors import Refusal
-from ledger.results import ResultCode
 from ledger.tally import BUY_RETURN, CASH, OPERATION_NAMES, SELL_RETURN, Receipt, TaxKey
+from ledger.wire import ResultCode
 
 QUANTITY_SCALE = 1000  # quantities are in thousandths
 PERCENT_SCALE = 10_000  # percents in hundredths: 1200 = 12.00 %

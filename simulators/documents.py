@@ -15,7 +15,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any, cast
 
-from ledger.results import Command
+from ledger.wire import Command
 from simulators.receipts import (
     PIECE,
     STS_TAXATION_TYPE,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal, TextIO, get_args
 
 from ledger.schemas import SCHEMAS
+from ledger.wire import KZ_TIME
 from simulators.fleet_device import OfflineKkm, SimClock, Tally
 from simulators.fleet_ofd import (
     MAX_DEVICES,
@@ -60,7 +61,6 @@ from simulators.fleet_ofd import (
     register_fleet,
 )
 from simulators.kkm import SimulatedKkm
-from simulators.receipts import KZ_TIME
 from simulators.stage.processes import start_gateway, stop, unwind_on_sigterm
 
 ProfileName = Literal["steady", "shop-day", "month-end", "mass-reconnect"]

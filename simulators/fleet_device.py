@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from ledger.results import ResultCode
+from ledger.wire import ResultCode
 from simulators.kkm import BadResponse, DeviceOffline, Response, SimulatedKkm
 from simulators.receipts import (
     PaymentKind,

@@ -26,7 +26,7 @@ import grpc.aio
 
 from ingest.control import CALL_TIMEOUT, METHODS, SERVICE, auth_metadata, find_key
 from ledger.journal.view import journal_records
-from ledger.results import Command, ResultCode
+from ledger.wire import Command, ResultCode
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.fleet_device import OfflineKkm
 from simulators.kkm import BadResponse, DeviceOffline

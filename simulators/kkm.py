@@ -21,10 +21,10 @@ from typing import Self, TypeAlias
 
 from google.protobuf.message import DecodeError, Message
 
-from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, FrameHeader, encode
+from ingest.codec import FrameHeader, encode
 from ledger.errors import OfdError
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, ResultCode
 from ofdproto.kkm.v203 import kkm_pb2 as pb203
 from ofdproto.kkm.v204 import kkm_pb2 as pb204
 

@@ -16,13 +16,13 @@ message filling below works on `Any` and every public function returns a typed u
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import IntEnum
 from types import ModuleType
 from typing import Any, Literal, TypeAlias, cast
 
-from ledger.results import Command
 from ledger.schemas import SCHEMAS
+from ledger.wire import KZ_TIME, Command
 from ofdproto.kkm.v203 import kkm_pb2 as pb203
 from ofdproto.kkm.v204 import kkm_pb2 as pb204
 
@@ -32,7 +32,6 @@ DateTime: TypeAlias = pb203.DateTime | pb204.DateTime
 PaymentKind: TypeAlias = Literal["cash", "card", "mobile"]
 
 # All of Kazakhstan is on UTC+5 since 1 March 2024, and protocol date-times carry no zone.
-KZ_TIME = timezone(timedelta(hours=5), "UTC+05")
 
 TIYN_PER_TENGE = 100
 QUANTITY_SCALE = 1000  # quantities are in thousandths: 1000 = one piece, 250 = 250 g of a kg item

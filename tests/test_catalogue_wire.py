@@ -15,7 +15,7 @@ from conftest import register_device
 from wire import kkm_for
 
 from ingest.app import RunningGateway
-from ingest.codec import HEADER_SIZE, encode
+from ingest.codec import encode
 from ledger import qr_payments
 from ledger.nomenclature import (
     NO_VERSION,
@@ -35,8 +35,8 @@ from ledger.operators import (
     hash_password,
     verify_password,
 )
-from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import HEADER_SIZE, Command, ResultCode
 from simulators.documents import build_auth, build_nomenclature, build_qr
 from simulators.kkm import SimulatedKkm
 

@@ -6,18 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import (
-    APP_CODE,
-    HEADER_SIZE,
-    MAX_FRAME_SIZE,
-    SUPPORTED_VERSIONS,
-    Frame,
-    FrameDecoder,
-    FrameError,
-    FrameHeader,
-    encode,
-)
-from ledger.results import ResultCode
+from ingest.codec import Frame, FrameDecoder, FrameError, FrameHeader, encode
+from ledger.wire import APP_CODE, HEADER_SIZE, MAX_FRAME_SIZE, SUPPORTED_VERSIONS, ResultCode
 
 U32_MAX = 2**32 - 1
 U16_MAX = 2**16 - 1

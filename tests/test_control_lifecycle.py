@@ -23,8 +23,8 @@ from ingest.app import RunningGateway, running_gateway
 from ingest.cli import main
 from ingest.codec import encode
 from ingest.control_auth import read_key_file
-from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import Command, ResultCode
 from simulators.receipts import build_system
 
 VERSIONS = [203, 204]

@@ -24,8 +24,8 @@ from ledger.fiscal import fiscal_sign, ticket_identity
 from ledger.journal.local import HEADER as RECORD_HEADER
 from ledger.journal.local import JournalReader
 from ledger.journal.view import journal_records
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import DeviceOffline, SimulatedKkm
 from simulators.receipts import Request, build_ticket, random_lines

@@ -19,8 +19,8 @@ from ingest.codec import Frame, FrameHeader
 from ingest.metrics import GatewayMetrics
 from ingest.tcp_server import ServerStats
 from ledger.errors import Refusal
-from ledger.results import Command, ResultCode
 from ledger.warehouse.loader import DUPLICATES, FRESHNESS, LAG, LOADED
+from ledger.wire import Command, ResultCode
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"

@@ -23,8 +23,8 @@ from conftest import TEST_SECRET, register_device
 from ingest.app import RunningGateway
 from ledger.fiscal import fiscal_sign, ticket_identity
 from ledger.journal.view import journal_records
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import Response, SimulatedKkm
 from simulators.receipts import Line, build_ticket

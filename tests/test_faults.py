@@ -33,10 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.app import RunningGateway, running_gateway
-from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, encode
+from ingest.codec import encode
 from ledger.journal.view import journal_records
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import APP_CODE, HEADER, HEADER_SIZE, ResultCode
 from simulators.receipts import Line, build_system, build_ticket
 
 DEADLINE = 10.0

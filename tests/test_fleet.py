@@ -22,10 +22,10 @@ from conftest import register_device
 
 from ingest.app import RunningGateway
 from ingest.body import refusal_frame
-from ingest.codec import HEADER, HEADER_SIZE, FrameHeader
+from ingest.codec import FrameHeader
 from ledger.errors import Refusal
 from ledger.journal.view import journal_records
-from ledger.results import Command, ResultCode
+from ledger.wire import HEADER, HEADER_SIZE, Command, ResultCode
 from simulators.fleet import (
     PROFILE_NAMES,
     Endpoints,

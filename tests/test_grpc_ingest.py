@@ -33,8 +33,8 @@ from ingest.app import RunningGateway
 from ingest.codec import encode
 from ingest.control import SERVICE as CONTROL_SERVICE
 from ingest.grpc_ingest import SERVICE as INGEST_SERVICE
-from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import Command, ResultCode
 from ofdproto.ingest.v1 import ingest_pb2 as pb
 from simulators.receipts import build_system
 

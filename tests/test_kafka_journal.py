@@ -34,7 +34,7 @@ from ledger.journal import JournalEntry
 from ledger.journal.kafka import KafkaJournal, KafkaSettings, decode_key, ensure_topic
 from ledger.journal.local import LocalJournal
 from ledger.journal.spool import SpoolingJournal
-from ledger.results import ResultCode
+from ledger.wire import ResultCode
 from ledger.schemas import SCHEMAS
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm

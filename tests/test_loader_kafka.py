@@ -31,9 +31,9 @@ from warehouse_journal import receipt_record
 
 from ingest.app import running_gateway
 from ledger.journal.kafka import KafkaJournal, KafkaSettings, ensure_topic
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address
+from ledger.wire import ResultCode
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
 from simulators.stage.tansu import TansuBroker

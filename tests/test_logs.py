@@ -11,7 +11,7 @@ from conftest import register_device
 from wire import ask, body, ticket
 
 from ingest.codec import encode
-from ledger.results import ResultCode
+from ledger.wire import ResultCode
 from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 VERSION = 204

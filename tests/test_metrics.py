@@ -18,10 +18,10 @@ from wire import ask, body, command_body, kkm_for, ticket
 from ingest.app import RunningGateway, running_gateway
 from ingest.body import refusal_frame, response_frame
 from ingest.codec import FrameHeader, encode
-from ingest.metrics import DEVICE_UTC_OFFSET, UNREADABLE, answer_labels
+from ingest.metrics import UNREADABLE, answer_labels
 from ledger.errors import Refusal
-from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import KZ_TIME, Command, ResultCode
 from simulators.documents import build_offline_system
 from simulators.kkm import SimulatedKkm
 from simulators.shift_model import ShiftModel
@@ -170,7 +170,7 @@ async def test_offline_gauges_show_a_reported_offline_period(
     assert value(before, "ofd_offline_window_max_age_seconds") == 0
     registered = await register_device(database_url)
     device = kkm_for(gateway, 204, registered.system_id, registered.token)
-    now = datetime.now(UTC).astimezone(DEVICE_UTC_OFFSET).replace(tzinfo=None, microsecond=0)
+    now = datetime.now(UTC).astimezone(KZ_TIME).replace(tzinfo=None, microsecond=0)
     began = now - timedelta(hours=60)
     answer = await device.send(build_offline_system(SCHEMAS[204], begin=began, end=now))
     assert answer.result.result_code == ResultCode.OK

@@ -24,8 +24,8 @@ from ingest.app import RunningGateway, running_gateway
 from ingest.codec import encode
 from ingest.control import ControlClient
 from ingest.notifications import MAX_QUEUED, MqttSettings, Notifier
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.receipts import Line, build_ticket
 

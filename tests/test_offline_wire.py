@@ -18,8 +18,8 @@ from wire import device_row, journaled
 from ingest.app import RunningGateway
 from ledger.journal.view import journal_records
 from ledger.offline import OFFLINE_LIMIT, OFFLINE_WARNING, open_windows
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 from simulators.documents import build_offline_system
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import build_info

@@ -11,9 +11,9 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.results import Command
 from ledger.schemas import SCHEMAS
 from ledger.ticket_checks import check_ticket
+from ledger.wire import Command
 from ofdproto.kkm.v203 import kkm_pb2 as pb203
 from ofdproto.kkm.v204 import kkm_pb2 as pb204
 from simulators.receipts import (

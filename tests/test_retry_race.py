@@ -17,11 +17,11 @@ import asyncpg
 from conftest import RegisteredDevice, gateway_settings, register_device
 
 from ingest.app import running_gateway
-from ingest.codec import HEADER as FRAME_HEADER
-from ingest.codec import HEADER_SIZE, encode
+from ingest.codec import encode
 from ledger.journal.view import journal_records
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import HEADER as FRAME_HEADER
+from ledger.wire import HEADER_SIZE, ResultCode
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import build_ticket, random_lines
 

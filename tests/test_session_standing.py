@@ -6,8 +6,8 @@ import pytest
 
 from ledger.device_state import DeviceState, RegInfo
 from ledger.errors import Refusal
-from ledger.results import ResultCode
 from ledger.session import SUBSCRIPTION_OFF_TEXT, Verdict, check_session
+from ledger.wire import ResultCode
 
 REG = RegInfo("000000000001", "SN", "KKM", "ТОО", "", "", "123456789012", "", "Дүкен", "", "", 0, 0)
 SERVED = DeviceState(

@@ -28,9 +28,9 @@ from wire import (
 )
 
 from ingest.app import RunningGateway
-from ingest.codec import HEADER, FrameHeader, encode
-from ledger.results import Command, ResultCode
+from ingest.codec import FrameHeader, encode
 from ledger.schemas import SCHEMAS
+from ledger.wire import HEADER, Command, ResultCode
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import build_info, build_system
 

@@ -25,10 +25,10 @@ from ingest.pipeline import next_state
 from ledger.device_state import DeviceState, RegInfo
 from ledger.errors import Refusal
 from ledger.lifecycle import DeviceStatus
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.tally import inconsistencies
 from ledger.tally_codec import from_bytes
+from ledger.wire import ResultCode
 from ledger.zx_report import compare
 from simulators.shift_model import ShiftModel
 

@@ -21,8 +21,8 @@ from conftest import register_device
 from wire import device_row, journaled, kkm_for
 
 from ingest.app import RunningGateway
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import ResultCode
 from ledger.zx_report import compare
 from simulators.documents import (
     COMMODITY,

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import Refusal
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.tally import (
     BUY,
@@ -37,6 +36,7 @@ from ledger.tally import (
 )
 from ledger.tally_codec import from_bytes, to_bytes
 from ledger.ticket_checks import summarize_ticket
+from ledger.wire import ResultCode
 from ledger.zx_report import compare, flatten, render
 from simulators.documents import (
     COMMODITY,

@@ -21,10 +21,10 @@ from conftest import RegisteredDevice, gateway_settings, register_device
 from wire import DEADLINE, connect, decode
 
 from ingest.app import RunningGateway, running_gateway
-from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, FrameHeader, encode
+from ingest.codec import FrameHeader, encode
 from ledger.journal.view import journal_records
-from ledger.results import Command, ResultCode
 from ledger.schemas import SCHEMAS
+from ledger.wire import APP_CODE, HEADER, HEADER_SIZE, MAX_FRAME_SIZE, Command, ResultCode
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_info, build_system, build_ticket, random_lines
 

@@ -11,11 +11,11 @@ from conftest import register_device
 from ingest.app import RunningGateway
 from ledger import registry
 from ledger.lifecycle import Action
-from ledger.results import ResultCode
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.backends import open_warehouse
 from ledger.warehouse.loader import Loader, local_sources
 from ledger.warehouse.reports import run_report
+from ledger.wire import ResultCode
 from simulators.documents import build_close_shift, build_money_placement, build_report
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket

@@ -15,10 +15,10 @@ from typing import Any
 import asyncpg
 
 from ingest.app import RunningGateway
-from ingest.codec import APP_CODE, HEADER, HEADER_SIZE, FrameHeader
+from ingest.codec import FrameHeader
 from ledger.journal.view import journal_records
-from ledger.results import Command
 from ledger.schemas import SCHEMAS
+from ledger.wire import APP_CODE, HEADER, HEADER_SIZE, Command
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import Line, build_ticket
 

@@ -17,12 +17,10 @@ from ledger.errors import Refusal
 from ledger.schemas import SCHEMAS
 from ledger.tally import DIRECTION
 from ledger.ticket_checks import ITEM_FIELDS, summarize_ticket
+from ledger.wire import ENVELOPE_VERSION, HEADER_SIZE
 from ledger.zx_report import compare, flatten, read_date_time
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
-ENVELOPE_VERSION = 1
-FRAME_HEADER_SIZE = 18  # ingest.codec.HEADER_SIZE; the ledger does not import the edge
-TICKET, CLOSE_SHIFT, REPORT, MONEY_PLACEMENT = 1, 2, 3, 6  # CommandTypeEnum
 NO_VALUE = -1  # operation, report type, placement kind of a document that has none
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MICRO_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -177,10 +175,10 @@ def document_row(record: JournalRecord, loaded_at_us: int) -> Row:
         return row
     received = datetime.fromtimestamp(record.received_at_us / 1e6, UTC)
     try:
-        request = schema.Request.FromString(record.request_frame[FRAME_HEADER_SIZE:])
+        request = schema.Request.FromString(record.request_frame[HEADER_SIZE:])
         response = None
-        if len(record.response_frame) > FRAME_HEADER_SIZE:
-            response = schema.Response.FromString(record.response_frame[FRAME_HEADER_SIZE:])
+        if len(record.response_frame) > HEADER_SIZE:
+            response = schema.Response.FromString(record.response_frame[HEADER_SIZE:])
     except DecodeError:
         return row
     if request.HasField("ticket"):
