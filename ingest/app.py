@@ -22,6 +22,7 @@ from ingest.logs import configure_logging
 from ingest.metrics import GatewayMetrics
 from ingest.notifications import MqttSettings, Notifier, scan_forever
 from ingest.pipeline import Pipeline, PipelineSettings
+from ingest.process import make_files_private, warn_if_root
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
 from ledger.embedded_pg import start_embedded_postgres
@@ -145,7 +146,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             metrics_port: int | None = None
             try:
                 if settings.metrics_port is not None:
-                    metrics_port = metrics.start_http(settings.control_host, settings.metrics_port)
+                    metrics_port = metrics.start_http(settings.metrics_host, settings.metrics_port)
                 yield RunningGateway(
                     tcp,
                     control.port,
@@ -226,7 +227,9 @@ def _tune_garbage_collector() -> None:
 
 async def serve(settings: Settings) -> None:
     """`ofd serve`: runs until SIGINT or SIGTERM, printing one ready line for scripts."""
+    make_files_private()
     configure_logging(settings.log_level)
+    warn_if_root("gateway")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -236,7 +239,7 @@ async def serve(settings: Settings) -> None:
         metrics = (
             ""
             if gateway.metrics_port is None
-            else f" metrics={settings.control_host}:{gateway.metrics_port}"
+            else f" metrics={settings.metrics_host}:{gateway.metrics_port}"
         )
         grpc = (
             "" if gateway.grpc_port is None else f" grpc={settings.server.host}:{gateway.grpc_port}"

@@ -80,11 +80,16 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         database_url=args.database_url or None,
         gateway_id=args.gateway_id,
         server=ServerSettings(host=args.host, port=args.port, reuse_port=args.reuse_port),
-        control_host=args.host,
+        control_host=args.control_host,
         control_port=args.control_port,
         commit=CommitSettings(workers=args.commit_workers),
-        fiscal=FiscalSettings(secret=load_secret(data_dir, args.secret_hex)),
+        fiscal=FiscalSettings(
+            secret=load_secret(
+                data_dir, args.secret_hex, Path(args.secret_file) if args.secret_file else None
+            )
+        ),
         metrics_port=args.metrics_port or None,
+        metrics_host=args.metrics_host,
         grpc_port=args.grpc_port or None,
         kafka=_kafka_from(args),
         mqtt_url=args.mqtt_url or None,
@@ -185,8 +190,17 @@ def _add_serve(sub: Any) -> None:
         default=_env("OFD_DATABASE_URL", ""),
         help="PostgreSQL DSN; empty starts the embedded server in DATA_DIR/pg",
     )
-    serve.add_argument("--host", default=_env("OFD_HOST", "127.0.0.1"))
+    serve.add_argument(
+        "--host",
+        default=_env("OFD_HOST", "127.0.0.1"),
+        help="address the devices reach (TCP and gRPC ingest); 0.0.0.0 for all interfaces",
+    )
     serve.add_argument("--port", type=int, default=int(_env("OFD_PORT", str(DEFAULT_TCP_PORT))))
+    serve.add_argument(
+        "--control-host",
+        default=_env("OFD_CONTROL_HOST", "127.0.0.1"),
+        help="address of the operator control API, apart from --host (default: loopback)",
+    )
     serve.add_argument(
         "--control-port",
         type=int,
@@ -199,10 +213,15 @@ def _add_serve(sub: Any) -> None:
         help="gRPC device ingest port (on --host); 0 disables",
     )
     serve.add_argument(
+        "--metrics-host",
+        default=_env("OFD_METRICS_HOST", "127.0.0.1"),
+        help="address of Prometheus /metrics, apart from --host (default: loopback)",
+    )
+    serve.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("OFD_METRICS_PORT", str(DEFAULT_METRICS_PORT))),
-        help="Prometheus /metrics port (on --host); 0 disables",
+        help="Prometheus /metrics port (on --metrics-host); 0 disables",
     )
     serve.add_argument("--gateway-id", default=default_gateway_id())
     serve.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
@@ -241,9 +260,16 @@ def _add_serve(sub: Any) -> None:
         help="broker down: answer 254 (reject) or spool locally and replay in order (spool)",
     )
     serve.add_argument(
+        "--secret-file",
+        default=_env("OFD_SECRET_FILE", ""),
+        help="file holding the server secret (hex, at least 32 digits); every gateway serving"
+        " the same devices needs the same one",
+    )
+    serve.add_argument(
         "--secret-hex",
         default=_env("OFD_SECRET_HEX", ""),
-        help="server secret for fiscal signs and tokens; default: kept in DATA_DIR/secret",
+        help="the server secret itself (shows in /proc: prefer --secret-file);"
+        " default: kept in DATA_DIR/secret",
     )
     serve.add_argument(
         "--mqtt-url",

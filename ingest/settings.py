@@ -18,6 +18,7 @@ DEFAULT_DATA_DIR = Path("data")
 DEFAULT_TCP_PORT = 7777
 DEFAULT_CONTROL_PORT = 7778
 DEFAULT_GRPC_PORT = 7780
+MIN_SECRET_BYTES = 16
 SECRET_BYTES = 32
 DEFAULT_GATEWAY_ID = "gw1"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,12 +31,14 @@ class Settings:
     database_url: str | None
     gateway_id: str
     server: ServerSettings
+    # The operator surfaces listen apart from the devices' server.host: loopback unless asked.
     control_host: str
     control_port: int
     commit: CommitSettings
     fiscal: FiscalSettings
-    # Prometheus /metrics on control_host: None serves none, 0 a port the kernel picks.
+    # Prometheus /metrics on metrics_host: None serves none, 0 a port the kernel picks.
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # None: the local journal in data_dir; set: the Kafka topic it names (ledger/journal/kafka.py).
     kafka: KafkaSettings | None = None
     # gRPC device ingest on server.host, apart from the control API (which devices must not
@@ -69,16 +72,31 @@ class Settings:
         return self.data_dir / "spool" / self.gateway_id
 
 
-def load_secret(data_dir: Path, secret_hex: str | None) -> bytes:
-    """The server secret for fiscal signs and tokens: given, or kept in data_dir/secret."""
-    if secret_hex:
+def _parse_secret(secret_hex: str, source: str) -> bytes:
+    try:
+        secret = bytes.fromhex(secret_hex.strip())
+    except ValueError as err:
+        raise ValueError(f"the secret ({source}) must be hexadecimal") from err
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the secret ({source}) must be at least {MIN_SECRET_BYTES} bytes"
+            f" ({2 * MIN_SECRET_BYTES} hex digits)"
+        )
+    return secret
+
+
+def load_secret(data_dir: Path, secret_hex: str | None, secret_file: Path | None = None) -> bytes:
+    """The server secret for fiscal signs and tokens: from a file (which does not show in
+    /proc like a flag or an environment variable does), given as hex, or kept in
+    data_dir/secret. Gateways that share devices must share it."""
+    if secret_file is not None:
         try:
-            secret = bytes.fromhex(secret_hex)
-        except ValueError as err:
-            raise ValueError("the secret must be hexadecimal") from err
-        if len(secret) < 16:
-            raise ValueError("the secret must be at least 16 bytes (32 hex digits)")
-        return secret
+            text = secret_file.read_text()
+        except OSError as err:
+            raise ValueError(f"cannot read --secret-file {secret_file}: {err.strerror}") from err
+        return _parse_secret(text, f"in {secret_file}")
+    if secret_hex:
+        return _parse_secret(secret_hex, "--secret-hex")
     path = data_dir / "secret"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
