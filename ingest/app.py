@@ -83,6 +83,39 @@ async def database_url_for(settings: Settings) -> str:
     return await asyncio.to_thread(start_embedded_postgres, settings.data_dir / "pg")
 
 
+def _grpc_servers(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    pipeline: Pipeline,
+    ingest: GrpcIngest,
+    metrics: GatewayMetrics,
+) -> tuple[GrpcServer, GrpcServer | None]:
+    """Two gRPC servers: the control API for operators (control_host; no device may reach it)
+    and, when configured, device ingest beside the TCP port."""
+    control_service = ControlService(
+        pool,
+        pipeline.forget,
+        require_auth=settings.control_auth,
+        notify=pipeline.on_event,
+        auth_failures=settings.control_auth_failures,
+    )
+    metrics.watch_failures("control_key", control_service.auth_failures)
+    control = GrpcServer(
+        f"{settings.control_host}:{settings.control_port}",
+        control_service.generic_handler(),
+        CONTROL_SERVICE,
+    )
+    if settings.grpc_port is None:
+        return control, None
+    return control, GrpcServer(
+        f"{settings.server.host}:{settings.grpc_port}",
+        ingest.generic_handler(),
+        grpc_ingest.SERVICE,
+        options=grpc_ingest.SERVER_OPTIONS,
+        maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     """A started gateway; leaving the block drains in-flight requests and shuts it down."""
@@ -116,26 +149,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         metrics.watch_tcp(tcp.stats)
         ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
         metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
-        # Two gRPC servers: the control API for operators (control_host; no device may reach
-        # it) and device ingest beside the TCP port.
-        control = GrpcServer(
-            f"{settings.control_host}:{settings.control_port}",
-            ControlService(
-                pool, pipeline.forget, require_auth=settings.control_auth, notify=pipeline.on_event
-            ).generic_handler(),
-            CONTROL_SERVICE,
-        )
-        grpc_ingest_server = (
-            None
-            if settings.grpc_port is None
-            else GrpcServer(
-                f"{settings.server.host}:{settings.grpc_port}",
-                ingest.generic_handler(),
-                grpc_ingest.SERVICE,
-                options=grpc_ingest.SERVER_OPTIONS,
-                maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
-            )
-        )
+        control, grpc_ingest_server = _grpc_servers(settings, pool, pipeline, ingest, metrics)
         grpc_servers = [control] if grpc_ingest_server is None else [control, grpc_ingest_server]
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")

@@ -45,6 +45,7 @@ from google.protobuf.json_format import MessageToDict
 from ingest.app import serve
 from ingest.commands import FiscalSettings
 from ingest.control import ControlClient, find_key
+from ingest.limits import FailureBudget
 from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.query_cli import add_warehouse_commands
 from ingest.settings import (
@@ -90,6 +91,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         ),
         metrics_port=args.metrics_port or None,
         metrics_host=args.metrics_host,
+        control_auth_failures=FailureBudget(args.control_auth_failures, 60.0),
         grpc_port=args.grpc_port or None,
         kafka=_kafka_from(args),
         mqtt_url=args.mqtt_url or None,
@@ -236,6 +238,13 @@ def _add_serve(sub: Any) -> None:
         choices=JOURNALS,
         default=_env("OFD_JOURNAL", "local"),
         help="where documents are journaled: files in DATA_DIR (default) or a Kafka topic",
+    )
+    serve.add_argument(
+        "--control-auth-failures",
+        type=int,
+        default=int(_env("OFD_CONTROL_AUTH_FAILURES", "20")),
+        help="failed control keys one address may have per minute before it is refused for"
+        " the rest of the minute (default 20)",
     )
     serve.add_argument(
         "--kafka-bootstrap",

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import grpc
 import grpc.aio
+import structlog
 
 from ingest.control_auth import (
     OPERATOR,
@@ -30,6 +31,12 @@ from ingest.control_auth import (
     create_key,
     read_key_file,
 )
+from ingest.limits import (
+    DEFAULT_CONTROL_AUTH_FAILURES,
+    FailureBudget,
+    FailureLimiter,
+    peer_address,
+)
 from ingest.notifications import Notify, no_notify
 from ledger import registry
 from ledger.errors import (
@@ -38,6 +45,7 @@ from ledger.errors import (
     PermissionDenied,
     PreconditionFailed,
     RegistryError,
+    TooManyFailures,
     Unauthenticated,
 )
 from ledger.lifecycle import Action, DeviceStatus
@@ -47,6 +55,8 @@ from ofdproto.control.v1 import control_pb2 as pb
 SERVICE = "ofdproto.control.v1.Control"
 CALL_TIMEOUT = 10.0  # seconds a CLI call may take
 KEY_ENV = "OFD_CONTROL_KEY"
+
+log = structlog.get_logger(__name__)
 
 # name -> (request type, response type, module)
 METHODS: dict[str, tuple[Any, Any, str]] = {
@@ -149,11 +159,15 @@ class ControlService:
         *,
         require_auth: bool = True,
         notify: Notify = no_notify,
+        auth_failures: FailureBudget = DEFAULT_CONTROL_AUTH_FAILURES,
     ) -> None:
         self._pool = pool
         self._changed = on_device_changed
         self._require_auth = require_auth
         self._notify = notify
+        # Failed keys per caller address: past the budget the address is refused before its
+        # key is even looked at, so guessing keys costs a minute per handful of tries.
+        self.auth_failures = FailureLimiter(auth_failures)
 
     # --- scope ---
 
@@ -589,12 +603,27 @@ class ControlService:
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         if not self._require_auth:
             return ANONYMOUS_OPERATOR
+        source = peer_address(context.peer())
+        if self.auth_failures.over_budget(source):
+            raise TooManyFailures("too many failed authentications from this address: wait")
         key = bearer(context.invocation_metadata())
-        if key is None:
-            raise Unauthenticated("no `authorization: Bearer <key>` metadata")
-        async with self._pool.acquire() as conn:
-            caller = await authenticate(conn, key)
+        caller = None
+        if key is not None:
+            async with self._pool.acquire() as conn:
+                caller = await authenticate(conn, key)
         if caller is None:
+            reason = "no key" if key is None else "unknown or revoked key"
+            failures = self.auth_failures.failed(source)
+            # Logged until the address is over budget; past it, refusals are counted only.
+            if failures <= self.auth_failures.budget.failures:
+                log.warning(
+                    "control authentication failed",
+                    source=source,
+                    reason=reason,
+                    failures_in_window=failures,
+                )
+            if key is None:
+                raise Unauthenticated("no `authorization: Bearer <key>` metadata")
             raise Unauthenticated("unknown or revoked key")
         return caller
 

@@ -63,6 +63,7 @@ from prometheus_client.core import (
 )
 
 from ingest.codec import Frame
+from ingest.limits import FailureLimiter
 from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
@@ -262,6 +263,7 @@ class GatewayMetrics:
         self._journal: CountingJournal | None = None
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
+        self._limiters: dict[str, FailureLimiter] = {}
         # MQTT notifications: the notifier's stats (ingest/notifications.NotifierStats).
         self._notifier: Any = None
         self._shifts: ShiftStats | None = None
@@ -304,6 +306,10 @@ class GatewayMetrics:
     def watch_tcp(self, stats: ServerStats) -> None:
         self._server_stats = stats
         self._frame_errors["tcp"] = lambda: stats.frame_errors
+
+    def watch_failures(self, name: str, limiter: FailureLimiter) -> None:
+        """A per-source failure budget (ingest/limits.py): failures, refusals, sources held."""
+        self._limiters[name] = limiter
 
     def watch_frame_errors(self, transport: str, count: Callable[[], int]) -> None:
         self._frame_errors[transport] = count
@@ -549,3 +555,28 @@ class GatewayMetrics:
         for transport, count in self._frame_errors.copy().items():
             errors.add_metric([transport], count())
         yield errors
+        yield from self._limiter_families()
+
+    def _limiter_families(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "ofd_limited_failures",
+            "Failed attempts counted against a per-source budget, by what failed.",
+            labels=["limit"],
+        )
+        refused = CounterMetricFamily(
+            "ofd_limited_refusals",
+            "Attempts refused or slowed because their source had spent its failure budget.",
+            labels=["limit"],
+        )
+        sources = GaugeMetricFamily(
+            "ofd_limited_sources",
+            "Source addresses with failures in the current window, by what failed.",
+            labels=["limit"],
+        )
+        for name, limiter in self._limiters.copy().items():
+            failures.add_metric([name], limiter.failures)
+            refused.add_metric([name], limiter.refused)
+            sources.add_metric([name], limiter.sources)
+        yield failures
+        yield refused
+        yield sources

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.commands import FiscalSettings
+from ingest.limits import DEFAULT_CONTROL_AUTH_FAILURES, FailureBudget
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import CommitSettings
 from ledger.journal.kafka import KafkaSettings
@@ -47,6 +48,9 @@ class Settings:
     # Control API callers present an API key (ingest/control_auth.py); off only where every
     # caller is trusted (tests of other components). `ofd serve` always has it on.
     control_auth: bool = True
+    # Failed control keys one address may have per window before it is refused until the
+    # window ends (ingest/limits.py): keys are 256-bit, so this is about noise and load.
+    control_auth_failures: FailureBudget = DEFAULT_CONTROL_AUTH_FAILURES
     # MQTT notifications (ingest/notifications.py): None publishes none.
     mqtt_url: str | None = None
     # A device silent this long is reported offline; well before the 72 hours after which

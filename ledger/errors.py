@@ -64,3 +64,9 @@ class PermissionDenied(RegistryError):
 
 class Unauthenticated(RegistryError):
     status = "UNAUTHENTICATED"
+
+
+class TooManyFailures(RegistryError):
+    """The caller's address spent its budget of failed attempts; it may try again later."""
+
+    status = "RESOURCE_EXHAUSTED"

@@ -8,6 +8,7 @@ deregistration, refused once deregistered (UNKNOWN_ID in 2.0.3, DEREGISTERED 18 
 """
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -17,12 +18,14 @@ from typing import Any
 
 import pytest
 from conftest import gateway_settings
+from prometheus_client import generate_latest
 from wire import ask, body, ticket
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.cli import main
 from ingest.codec import encode
 from ingest.control_auth import read_key_file
+from ingest.limits import FailureBudget
 from ledger.schemas import SCHEMAS
 from ledger.wire import Command, ResultCode
 from simulators.receipts import build_system
@@ -448,3 +451,24 @@ async def test_the_cli_reads_the_bootstrap_key_file(
     code = await asyncio.to_thread(main, [*argv, str(tmp_path / "missing.key"), "whoami"])
     assert code == 1
     assert "unauthenticated" in capsys.readouterr().err
+
+
+async def test_key_guessing_is_refused_past_the_budget_and_counted(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Failed keys from one address are logged and counted; past the budget that address is
+    refused before any key is looked at, for the rest of the window."""
+    settings = dataclasses.replace(
+        gateway_settings(tmp_path, database_url, control_auth=True),
+        control_auth_failures=FailureBudget(failures=3, window_seconds=60),
+    )
+    async with running_gateway(settings) as running:
+        ofd = Ofd(f"127.0.0.1:{running.control_port}", read_key_file(tmp_path), capsys)
+        await ofd.ok("whoami")
+        for _ in range(3):
+            assert "unauthenticated" in (await ofd("whoami", key=f"ofd_{secrets.token_hex(8)}")).err
+        refused = await ofd("whoami")  # even the right key, from this address, this minute
+        assert "resource_exhausted" in refused.err
+        scraped = generate_latest(running.metrics.registry).decode()
+        assert 'ofd_limited_failures_total{limit="control_key"} 3.0' in scraped
+        assert 'ofd_limited_refusals_total{limit="control_key"} 1.0' in scraped
