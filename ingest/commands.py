@@ -24,7 +24,7 @@ from typing import Any
 
 from ledger.device_state import DeviceState, ShiftReport
 from ledger.errors import Refusal
-from ledger.fiscal import DocumentIdentity, fiscal_sign, qr_url, ticket_identity
+from ledger.fiscal import DocumentIdentity, fiscal_sign, qr_url, request_key, ticket_identity
 from ledger.nomenclature import NOT_FOUND_BY_BARCODE, CatalogueAnswer
 from ledger.nomenclature import fill as fill_catalogue
 from ledger.offline import CLOSE, OfflineTicket, OfflineWrite, digest_of, widen
@@ -251,6 +251,7 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
         offline_number=offline_number,
         token=ctx.token,
         request_number=ctx.request_number,
+        secret=ctx.fiscal.secret,
     )
     sign = fiscal_sign(ctx.fiscal.secret, identity)
     response = _ok(ctx, Command.TICKET)
@@ -348,7 +349,11 @@ def handle_money_placement(ctx: RequestContext, state: DeviceState, request: Any
     number = placement.printed_document_number
     shift = tally.shift_number
     # "m": a device that numbers placements apart from receipts cannot make two documents one.
-    key = f"s{shift}/m{number}" if number else f"t{ctx.token}/r{ctx.request_number}"
+    key = (
+        f"s{shift}/m{number}"
+        if number
+        else request_key(ctx.fiscal.secret, state.system_id, ctx.token, ctx.request_number)
+    )
     return Outcome(
         _ok(ctx, Command.MONEY_PLACEMENT),
         rotates_token=True,

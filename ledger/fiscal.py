@@ -33,6 +33,7 @@ def ticket_identity(
     offline_number: int,
     token: int,
     request_number: int,
+    secret: bytes,
 ) -> DocumentIdentity:
     """Shift and printed number first (kept by the device across any resend), then the offline
     number, then the request's token and number, per what the document carries (zero = absent)."""
@@ -40,7 +41,7 @@ def ticket_identity(
         return DocumentIdentity(system_id, f"s{shift_number}/d{document_number}")
     if offline_number:
         return DocumentIdentity(system_id, f"o{offline_number}")
-    return DocumentIdentity(system_id, f"t{token}/r{request_number}")
+    return DocumentIdentity(system_id, request_key(secret, system_id, token, request_number))
 
 
 # One keyed BLAKE2b state per secret (a process has one): copying it skips hashing the key block
@@ -57,6 +58,18 @@ def _mac(secret: bytes, message: str) -> int:
     mac = keyed.copy()
     mac.update(message.encode())
     return int.from_bytes(mac.digest(), "big")
+
+
+def request_key(secret: bytes, system_id: int, token: int, request_number: int) -> str:
+    """The identity key of a document that carries no number of its own: the request's token and
+    number, the token under a keyed MAC. Deterministic (a retry, same token and number, is the same
+    document; every gateway with the secret names it alike) and reveals nothing of the token,
+    which authenticates the device and lives in PostgreSQL only: document ids go to the journal
+    and the warehouse. Its own MAC domain ("request|"): next_token's MAC of the same values is
+    the device's next token."""
+    return (
+        f"t{_mac(secret, f'request|{system_id}|{token}|{request_number}'):016x}/r{request_number}"
+    )
 
 
 def fiscal_sign(secret: bytes, identity: DocumentIdentity) -> str:

@@ -100,6 +100,7 @@ def expected_sign(device: Device, number: int) -> str:
         offline_number=0,
         token=0,
         request_number=0,
+        secret=TEST_SECRET,
     )
     return fiscal_sign(TEST_SECRET, identity)
 

@@ -130,6 +130,7 @@ def expected_sign(system_id: int, number: int) -> str:
         offline_number=0,
         token=0,
         request_number=0,
+        secret=TEST_SECRET,
     )
     return fiscal_sign(TEST_SECRET, identity)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from conftest import TEST_SECRET
+
 from ingest.codec import encode
 from ledger.fiscal import ticket_identity
 from ledger.journal import JournalEntry
@@ -58,6 +60,7 @@ def receipt_record(
         offline_number=0,
         token=7,
         request_number=number,
+        secret=TEST_SECRET,
     )
     record = JournalRecord(
         envelope_version=1,
