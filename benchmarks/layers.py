@@ -60,7 +60,7 @@ from ledger.migrate import migrate
 from ledger.schemas import SCHEMAS
 from ledger.state_store import load_state, write_states
 from ledger.ticket_checks import check_ticket
-from ledger.wire import HEADER_SIZE
+from ledger.wire import ENVELOPE_VERSION, HEADER_SIZE
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.stage.processes import postmaster_pids, unwind_on_sigterm
 
@@ -229,15 +229,15 @@ def validation_cases(pool: RequestPool, seconds: float) -> list[CaseResult]:
 
 def journal_payloads(pool: RequestPool, count: int) -> list[JournalEntry]:
     """Envelopes as the gateway journals them: the request frame and its answer inside."""
-    answer = encode(pool.version, 1, 8, 1, ticket_ok_body(pool))
+    answer = encode(pool.version, 1, 0, 1, ticket_ok_body(pool))
     entries = []
     for n in range(count):
         record = JournalRecord(
-            envelope_version=1, device_id=n + 1, protocol_version=pool.version,
+            envelope_version=ENVELOPE_VERSION, device_id=n + 1, protocol_version=pool.version,
             received_at_us=time.time_ns() // 1000, gateway_id="gw-bench", command=1,
-            request_number=n + 1, token=7, document_id=f"{n + 1}/s1/d{n + 1}",
+            request_number=n + 1, document_id=f"{n + 1}/s1/d{n + 1}",
             fiscal_sign=f"{1_000_000_000 + n}",
-            request_frame=encode(pool.version, n + 1, 7, n + 1, pool.body(n)),
+            request_frame=encode(pool.version, n + 1, 0, n + 1, pool.body(n)),
             response_frame=answer,
         )  # fmt: skip
         entries.append(JournalEntry(n + 1, record.SerializeToString()))

@@ -37,6 +37,7 @@ from ledger.schemas import SCHEMAS
 from ledger.warehouse.backends import ChdbWarehouse, apply_schema
 from ledger.warehouse.loader import Loader, LoaderSettings, local_sources
 from ledger.warehouse.rows import decode_record, document_row
+from ledger.wire import ENVELOPE_VERSION
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.receipts import Line, build_ticket
 
@@ -59,17 +60,16 @@ def receipts(start: int, count: int, *, now_us: int | None = None) -> Iterator[J
             payment="card",
         )
         record = JournalRecord(
-            envelope_version=1,
+            envelope_version=ENVELOPE_VERSION,
             device_id=device,
             protocol_version=VERSION,
             received_at_us=now_us if now_us is not None else time.time_ns() // 1000,
             gateway_id="bench",
             command=1,
             request_number=number % 65535,
-            token=1,
             document_id=f"{device}/s1/d{number}",
             fiscal_sign=str(10**9 + number),
-            request_frame=encode(VERSION, device, 1, number % 65535, request.SerializeToString()),
+            request_frame=encode(VERSION, device, 0, number % 65535, request.SerializeToString()),
         )
         yield JournalEntry(device, record.SerializeToString())
 

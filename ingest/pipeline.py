@@ -26,7 +26,6 @@ from ingest.codec import Frame, FrameHeader, encode
 from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
 from ingest.notifications import Notify, no_notify
 from ingest.prepare import needs_preparing, prepare
-from ingest.software import SoftwareSeen
 from ledger.device_state import DeviceState, RegInfo, ShiftReport
 from ledger.errors import Refusal, SinkError, StateConflict
 from ledger.fiscal import next_token
@@ -35,8 +34,9 @@ from ledger.journal import JournalEntry
 from ledger.offline import OfflineWrite
 from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
+from ledger.software import SoftwareSeen
 from ledger.state_loads import GroupLoads
-from ledger.wire import ENVELOPE_VERSION, ResultCode
+from ledger.wire import ENVELOPE_VERSION, ResultCode, without_token
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 log = structlog.get_logger(__name__)
@@ -389,14 +389,16 @@ class Pipeline:
             gateway_id=self._settings.gateway_id,
             command=command,
             request_number=header.request_number,
-            token=header.token,
+            # No token, in any field or frame: it authenticates the device and lives in
+            # PostgreSQL only (a retry is answered from there). The journal feeds the warehouse.
             document_id=document.document_id,
             fiscal_sign=document.fiscal_sign,
-            # header and body re-encode to the very bytes received: the size field is derived
+            # header and body re-encode to the bytes received (the size field is derived), but
+            # for the token: zero, as without_token makes it
             request_frame=encode(
-                header.version, header.device_id, header.token, header.request_number, frame.body
+                header.version, header.device_id, 0, header.request_number, frame.body
             ),
-            response_frame=answer,
+            response_frame=without_token(answer),
             is_offline=document.offline,
             organization_id=reg.organization_id,
             trade_point_id=reg.trade_point_id,

@@ -16,6 +16,7 @@ from ledger.fiscal import ticket_identity
 from ledger.journal import JournalEntry
 from ledger.journal.local import LocalJournal
 from ledger.schemas import SCHEMAS
+from ledger.wire import ENVELOPE_VERSION
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.receipts import Line, Operation, build_ticket
 
@@ -63,17 +64,16 @@ def receipt_record(
         secret=TEST_SECRET,
     )
     record = JournalRecord(
-        envelope_version=1,
+        envelope_version=ENVELOPE_VERSION,
         device_id=device_id,
         protocol_version=version,
         received_at_us=1_790_000_000_000_000 + number,
         gateway_id="gw-test",
         command=1,
         request_number=number,
-        token=7,
         document_id=str(identity),
         fiscal_sign=str(10**9 + number),
-        request_frame=encode(version, device_id, 7, number, body),
+        request_frame=encode(version, device_id, 0, number, body),  # as journaled: no token
         response_frame=b"",
     )
     total = price + 1100

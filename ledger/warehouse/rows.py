@@ -5,9 +5,15 @@ materialized views spread them into tables), money in tiyn, revenue signed by di
 close carries the device's Z report and the OFD's (from the response) flattened to named numbers,
 and their differences. A record whose body cannot be decoded still becomes a row with its raw
 frames, so nothing acknowledged is ever left out of the warehouse.
+
+No row holds a device token (tokens live in PostgreSQL only). Records of envelope version 2 carry
+none; older ones do, and lose them here: both frames' header token zeroed, and a fallback document
+id that spells the token out ("t<token>/r<n>") renamed by its fiscal sign, so an old journal
+loaded into a new warehouse leaks nothing.
 """
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +23,7 @@ from ledger.errors import Refusal
 from ledger.schemas import SCHEMAS
 from ledger.tally import DIRECTION
 from ledger.ticket_checks import ITEM_FIELDS, summarize_ticket
-from ledger.wire import ENVELOPE_VERSION, HEADER_SIZE
+from ledger.wire import HEADER_SIZE, KNOWN_ENVELOPE_VERSIONS, without_token
 from ledger.zx_report import compare, flatten, read_date_time
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
@@ -26,6 +32,11 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 MICRO_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 Row = dict[str, Any]
+
+# Envelope versions whose fallback document id holds the raw token; from 2 it is a keyed MAC.
+_RAW_TOKEN_IDS = frozenset({0, 1})
+# The fallback document id of those versions: "<system id>/t<token>/r<request number>".
+_RAW_TOKEN_ID = re.compile(r"(\d+)/t\d+/r(\d+)")
 
 
 def _tiyn(money: Any) -> int:
@@ -43,10 +54,22 @@ def _moment(message: Any, fallback: datetime) -> str:
         return fallback.strftime(TIME_FORMAT)  # a device clock that is not a real moment
 
 
+def document_id(record: JournalRecord) -> str:
+    """The record's document id, without the token an old record's fallback id spells out: the
+    fiscal sign (a keyed MAC of that id, so as deterministic, and printed on the receipt anyway)
+    stands in for it, and the copies of one document still collapse into one row."""
+    if record.envelope_version in _RAW_TOKEN_IDS:
+        match = _RAW_TOKEN_ID.fullmatch(record.document_id)
+        if match is not None:
+            system_id, request_number = match.groups()
+            return f"{system_id}/f{record.fiscal_sign}/r{request_number}"
+    return record.document_id
+
+
 def _empty_row(record: JournalRecord, loaded_at_us: int) -> Row:
     return {
         "device_id": record.device_id,
-        "document_id": record.document_id,
+        "document_id": document_id(record),
         "organization_id": record.organization_id,
         "trade_point_id": record.trade_point_id,
         "command": record.command,
@@ -85,9 +108,10 @@ def _empty_row(record: JournalRecord, loaded_at_us: int) -> Row:
         "differences": [],
         "placement_kind": NO_VALUE,
         "placement_sum": 0,
-        # Hex keeps the JSONEachRow insert plain text; unhex() gives the bytes back.
-        "request_frame": record.request_frame.hex(),
-        "response_frame": record.response_frame.hex(),
+        # Hex keeps the JSONEachRow insert plain text; unhex() gives the bytes back. Zeroing the
+        # token is a no-op from envelope version 2 on, and cleans what older records hold.
+        "request_frame": without_token(record.request_frame).hex(),
+        "response_frame": without_token(record.response_frame).hex(),
     }
 
 
@@ -196,6 +220,6 @@ def document_row(record: JournalRecord, loaded_at_us: int) -> Row:
 
 def decode_record(payload: bytes) -> JournalRecord:
     record = JournalRecord.FromString(payload)
-    if record.envelope_version not in (0, ENVELOPE_VERSION):
+    if record.envelope_version not in KNOWN_ENVELOPE_VERSIONS:
         raise ValueError(f"journal envelope version {record.envelope_version} is not known")
     return record

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ofdproto/journal/v1/record.proto\x12\x13ofdproto.journal.v1\"\xd8\x02\n\rJournalRecord\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\r\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x16\n\x0ereceived_at_us\x18\x04 \x01(\x03\x12\x12\n\ngateway_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x01(\r\x12\x16\n\x0erequest_number\x18\x07 \x01(\r\x12\r\n\x05token\x18\x08 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\t \x01(\t\x12\x13\n\x0b\x66iscal_sign\x18\n \x01(\t\x12\x15\n\rrequest_frame\x18\x0b \x01(\x0c\x12\x16\n\x0eresponse_frame\x18\x0c \x01(\x0c\x12\x12\n\nis_offline\x18\r \x01(\x08\x12\x17\n\x0forganization_id\x18\x0e \x01(\x04\x12\x16\n\x0etrade_point_id\x18\x0f \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ofdproto/journal/v1/record.proto\x12\x13ofdproto.journal.v1\"\xd6\x02\n\rJournalRecord\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\r\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x16\n\x0ereceived_at_us\x18\x04 \x01(\x03\x12\x12\n\ngateway_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x01(\r\x12\x16\n\x0erequest_number\x18\x07 \x01(\r\x12\x13\n\x0b\x64ocument_id\x18\t \x01(\t\x12\x13\n\x0b\x66iscal_sign\x18\n \x01(\t\x12\x15\n\rrequest_frame\x18\x0b \x01(\x0c\x12\x16\n\x0eresponse_frame\x18\x0c \x01(\x0c\x12\x12\n\nis_offline\x18\r \x01(\x08\x12\x17\n\x0forganization_id\x18\x0e \x01(\x04\x12\x16\n\x0etrade_point_id\x18\x0f \x01(\x04J\x04\x08\x08\x10\tR\x05tokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ofdproto.journal.v1.record_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOURNALRECORD']._serialized_start=58
-  _globals['_JOURNALRECORD']._serialized_end=402
+  _globals['_JOURNALRECORD']._serialized_end=400
 # @@protoc_insertion_point(module_scope)
