@@ -6,7 +6,7 @@ length the echo floor's precomputed answer has.
 """
 
 from benchmarks.bodies import DeviceKey, kgd_number
-from ingest.control import ControlClient
+from ingest.control.client import ControlClient
 from ofdproto.control.v1 import control_pb2 as pb
 
 BENCH_IIN = "180240012342"

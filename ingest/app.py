@@ -13,9 +13,8 @@ import asyncpg
 import grpc.aio
 
 from ingest import grpc_ingest
-from ingest.control import SERVICE as CONTROL_SERVICE
-from ingest.control import ControlService
-from ingest.control_auth import ensure_bootstrap_key
+from ingest.control.methods import SERVICE as CONTROL_SERVICE
+from ingest.control.service import ControlService
 from ingest.grpc_ingest import GrpcIngest
 from ingest.journals import open_journal
 from ingest.logs import configure_logging
@@ -25,6 +24,7 @@ from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.process import make_files_private, warn_if_root
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
+from ledger.access import ensure_bootstrap_key
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.group_commit import GroupCommitter
 from ledger.migrate import migrate

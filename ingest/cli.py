@@ -44,7 +44,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ingest.app import serve
 from ingest.commands import FiscalSettings
-from ingest.control import ControlClient, find_key
+from ingest.control.client import ControlClient, find_key
 from ingest.limits import FailureBudget
 from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.query_cli import add_warehouse_commands

@@ -45,7 +45,7 @@ class Settings:
     # gRPC device ingest on server.host, apart from the control API (which devices must not
     # reach): None serves none, 0 a port the kernel picks.
     grpc_port: int | None = None
-    # Control API callers present an API key (ingest/control_auth.py); off only where every
+    # Control API callers present an API key (ledger/access.py); off only where every
     # caller is trusted (tests of other components). `ofd serve` always has it on.
     control_auth: bool = True
     # Failed control keys one address may have per window before it is refused until the

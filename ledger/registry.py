@@ -295,6 +295,36 @@ async def issue_token(conn: Conn, system_id: int) -> int:
     return token
 
 
+async def current_token(conn: Conn, system_id: int) -> int:
+    """The token the device must present now (as the cabinet's "get token"), unchanged."""
+    row = await conn.fetchrow("SELECT token FROM device_state WHERE system_id = $1", system_id)
+    if row is None:
+        raise NotFound(f"no device with system id {system_id}")
+    if row["token"] is None:
+        raise PreconditionFailed("no token issued yet: IssueToken")
+    token: int = row["token"]
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """What a device reported about itself beyond its documents."""
+
+    offline_since: datetime | None  # its open offline window, if any
+    offline_until: datetime | None
+    software: str  # its last software report ("" when none)
+
+
+async def reported_by_device(conn: Conn, system_id: int) -> DeviceReport:
+    row = await conn.fetchrow(
+        "SELECT offline_since, offline_until, software FROM device_state WHERE system_id = $1",
+        system_id,
+    )
+    if row is None:
+        raise NotFound(f"no device with system id {system_id}")
+    return DeviceReport(row["offline_since"], row["offline_until"], row["software"] or "")
+
+
 async def audit(
     conn: Conn, actor: str, action: str, system_id: int | None, **detail: object
 ) -> None:

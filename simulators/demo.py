@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ingest.control import ControlClient
+from ingest.control.client import ControlClient
 from ledger.journal.view import journal_records
 from ledger.schemas import SCHEMAS
 from ledger.warehouse.service import query, service_address

@@ -180,7 +180,7 @@ class Endpoints:
     host: str
     port: int
     control: str  # host:port of the control API
-    control_key: str | None = None  # its API key; None: OFD_CONTROL_KEY (ingest/control.py)
+    control_key: str | None = None  # its API key; None: OFD_CONTROL_KEY (ingest/control/)
 
 
 @dataclass(slots=True)

@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ingest.control import CALL_TIMEOUT, METHODS, SERVICE, auth_metadata, find_key
+from ingest.control.client import auth_metadata, find_key
+from ingest.control.methods import CALL_TIMEOUT, METHODS, SERVICE
 from ledger.journal.view import journal_records
 from ledger.wire import Command, ResultCode
 from ofdproto.control.v1 import control_pb2 as pb

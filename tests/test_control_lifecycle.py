@@ -24,8 +24,8 @@ from wire import ask, body, ticket
 from ingest.app import RunningGateway, running_gateway
 from ingest.cli import main
 from ingest.codec import encode
-from ingest.control_auth import read_key_file
 from ingest.limits import FailureBudget
+from ledger.access import read_key_file
 from ledger.schemas import SCHEMAS
 from ledger.wire import Command, ResultCode
 from simulators.receipts import build_system
@@ -463,7 +463,9 @@ async def test_key_guessing_is_refused_past_the_budget_and_counted(
         control_auth_failures=FailureBudget(failures=3, window_seconds=60),
     )
     async with running_gateway(settings) as running:
-        ofd = Ofd(f"127.0.0.1:{running.control_port}", read_key_file(tmp_path), capsys)
+        key = read_key_file(tmp_path)
+        assert key is not None
+        ofd = Ofd(f"127.0.0.1:{running.control_port}", key, capsys)
         await ofd.ok("whoami")
         for _ in range(3):
             assert "unauthenticated" in (await ofd("whoami", key=f"ofd_{secrets.token_hex(8)}")).err

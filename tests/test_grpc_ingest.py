@@ -31,7 +31,7 @@ from wire import (
 
 from ingest.app import RunningGateway
 from ingest.codec import encode
-from ingest.control import SERVICE as CONTROL_SERVICE
+from ingest.control.methods import SERVICE as CONTROL_SERVICE
 from ingest.grpc_ingest import SERVICE as INGEST_SERVICE
 from ledger.schemas import SCHEMAS
 from ledger.wire import Command, ResultCode

@@ -22,7 +22,7 @@ from wire import ask, body
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.codec import encode
-from ingest.control import ControlClient
+from ingest.control.client import ControlClient
 from ingest.notifications import MAX_QUEUED, MqttSettings, Notifier
 from ledger.schemas import SCHEMAS
 from ledger.wire import ResultCode

@@ -1,6 +1,6 @@
-"""Who may call the control API, and on what.
+"""Who may do what: roles, their modules and scopes, and the API keys that stand for callers.
 
-Callers present an API key as gRPC metadata `authorization: Bearer <key>`. Only the key's SHA-256
+Callers of the control API present a key (as gRPC metadata, ingest/control). Only the key's SHA-256
 is stored (api_keys), so a leaked table grants nothing. Three roles:
 
 - operator: the OFD's staff; every method on everything.
@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,16 +83,6 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return "ofd_" + secrets.token_urlsafe(KEY_BYTES)
-
-
-def bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The key of an `authorization: Bearer <key>` metadata entry, if there is one."""
-    for name, value in metadata or ():
-        if name.lower() == "authorization" and isinstance(value, str):
-            scheme, _, key = value.partition(" ")
-            if scheme.lower() == "bearer" and key.strip():
-                return key.strip()
-    return None
 
 
 async def authenticate(conn: Conn, key: str) -> Caller | None:
@@ -185,6 +174,16 @@ async def create_key(
     except asyncpg.CheckViolationError as err:
         raise InvalidRequest(f"invalid value ({err.constraint_name})") from err
     return key_id, key
+
+
+async def revoke_key(conn: Conn, key_id: int) -> None:
+    """Revokes a live key at once: its next call is refused."""
+    done = await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        key_id,
+    )
+    if done is None:
+        raise NotFound(f"no live key {key_id}")
 
 
 async def ensure_bootstrap_key(conn: Conn, data_dir: Path) -> Path:

@@ -1,18 +1,13 @@
-"""The control API over gRPC (service ofdproto.control.v1.Control) and its client.
-
-One table of methods serves both sides: the server registers a handler per entry and the client
-calls by the same names, so a method can never be renamed on one side only. The table also
-names each method's module, which ingest/control_auth.py's roles are granted by.
+"""The control API's server side (service ofdproto.control.v1.Control): each call authenticated,
+held to the caller's scope (before anything about the target is read), then carried out through
+the registry.
 
 Every change is written to the audit log (control_audit) with the caller's key name, in the
 transaction that makes it; lifecycle, token and block changes also go out as notifications.
 """
 
 import dataclasses
-import os
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -20,17 +15,16 @@ import grpc
 import grpc.aio
 import structlog
 
-from ingest.control_auth import (
-    OPERATOR,
-    ORGANIZATION,
-    ROLES,
-    SERVICE_CENTRE,
-    Caller,
-    authenticate,
-    bearer,
-    create_key,
-    read_key_file,
+from ingest.control.convert import (
+    ROLE_FROM_PB,
+    ROLE_TO_PB,
+    STATUS_FROM_PB,
+    device_pb,
+    iso,
+    organization_pb,
+    point_pb,
 )
+from ingest.control.methods import CALL_TIMEOUT, METHODS, SERVICE
 from ingest.limits import (
     DEFAULT_CONTROL_AUTH_FAILURES,
     FailureBudget,
@@ -39,6 +33,16 @@ from ingest.limits import (
 )
 from ingest.notifications import Notify, no_notify
 from ledger import registry
+from ledger.access import (
+    OPERATOR,
+    ORGANIZATION,
+    ROLES,
+    SERVICE_CENTRE,
+    Caller,
+    authenticate,
+    create_key,
+    revoke_key,
+)
 from ledger.errors import (
     InvalidRequest,
     NotFound,
@@ -52,96 +56,20 @@ from ledger.lifecycle import Action, DeviceStatus
 from ledger.state_store import DATABASE_ERRORS, Conn, load_state
 from ofdproto.control.v1 import control_pb2 as pb
 
-SERVICE = "ofdproto.control.v1.Control"
-CALL_TIMEOUT = 10.0  # seconds a CLI call may take
-KEY_ENV = "OFD_CONTROL_KEY"
-
 log = structlog.get_logger(__name__)
 
-# name -> (request type, response type, module)
-METHODS: dict[str, tuple[Any, Any, str]] = {
-    "AddOrganization": (pb.Organization, pb.Organization, "admin"),
-    "UpdateOrganization": (pb.Organization, pb.Organization, "organization"),
-    "ListOrganizations": (pb.OrganizationFilter, pb.OrganizationList, "show"),
-    "ListTradePoints": (pb.TradePointFilter, pb.TradePointList, "show"),
-    "AddTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
-    "UpdateTradePoint": (pb.TradePoint, pb.TradePoint, "points"),
-    "AddDevice": (pb.Device, pb.Device, "devices"),
-    "ActivateDevice": (pb.DeviceRef, pb.Device, "kgd"),
-    "RequestDeregistration": (pb.DeviceRef, pb.Device, "lifecycle"),
-    "CancelDeregistration": (pb.DeviceRef, pb.Device, "lifecycle"),
-    "Deregister": (pb.DeviceRef, pb.Device, "kgd"),
-    "Reregister": (pb.Reregistration, pb.Device, "lifecycle"),
-    "BlockDevice": (pb.BlockRequest, pb.Device, "block"),
-    "UnblockDevice": (pb.DeviceRef, pb.Device, "block"),
-    "SetSubscription": (pb.SubscriptionRequest, pb.Device, "subscription"),
-    "IssueToken": (pb.DeviceRef, pb.TokenIssued, "token"),
-    "GetToken": (pb.DeviceRef, pb.TokenIssued, "token"),
-    "ShowDevice": (pb.DeviceRef, pb.DeviceState, "show"),
-    "ListDevices": (pb.DeviceFilter, pb.DeviceList, "show"),
-    "ListAudit": (pb.AuditQuery, pb.AuditLog, "audit"),
-    "CreateApiKey": (pb.ApiKeySpec, pb.ApiKeyCreated, "admin"),
-    "RevokeApiKey": (pb.ApiKeyRef, pb.ApiKeyRef, "admin"),
-    "WhoAmI": (pb.Empty, pb.Caller, ""),
-}
 
-_STATUS_TO_PB = {
-    DeviceStatus.AWAITING_REGISTRATION: pb.DEVICE_STATUS_AWAITING_REGISTRATION,
-    DeviceStatus.REGISTERED: pb.DEVICE_STATUS_REGISTERED,
-    DeviceStatus.AWAITING_DEREGISTRATION: pb.DEVICE_STATUS_AWAITING_DEREGISTRATION,
-    DeviceStatus.DEREGISTERED: pb.DEVICE_STATUS_DEREGISTERED,
-}
-_STATUS_FROM_PB = {value: key for key, value in _STATUS_TO_PB.items()}
-_ROLE_TO_PB = {
-    OPERATOR: pb.ROLE_OPERATOR,
-    ORGANIZATION: pb.ROLE_ORGANIZATION,
-    SERVICE_CENTRE: pb.ROLE_SERVICE_CENTRE,
-}
-_ROLE_FROM_PB = {value: key for key, value in _ROLE_TO_PB.items()}
-# With authentication off (tests of other things, benchmarks on loopback) every call is this.
 ANONYMOUS_OPERATOR = Caller(0, "anonymous", OPERATOR, None, frozenset(), frozenset())
 
 
-def _device_pb(device: registry.Device) -> pb.Device:
-    return pb.Device(
-        system_id=device.system_id,
-        kgd_registration_number=device.kgd_registration_number,
-        serial_number=device.serial_number,
-        model=device.model,
-        year=device.year,
-        trade_point_id=device.trade_point_id,
-        status=_STATUS_TO_PB[device.status],
-        blocked=device.blocked,
-        block_message=device.block_message,
-        subscription_active=device.subscription_active,
-    )
-
-
-def _iso(moment: datetime | None) -> str:
-    return "" if moment is None else moment.isoformat()
-
-
-def _organization_pb(org: registry.Organization) -> pb.Organization:
-    return pb.Organization(
-        id=org.id,
-        iin=org.iin,
-        title=org.title,
-        address=org.address,
-        address_kz=org.address_kz,
-        oked=org.oked,
-    )
-
-
-def _point_pb(point: registry.TradePoint) -> pb.TradePoint:
-    return pb.TradePoint(
-        id=point.id,
-        organization_id=point.organization_id,
-        title=point.title,
-        address=point.address,
-        address_kz=point.address_kz,
-        latitude=point.latitude,
-        longitude=point.longitude,
-    )
+def bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The key of an `authorization: Bearer <key>` metadata entry, if there is one."""
+    for name, value in metadata or ():
+        if name.lower() == "authorization" and isinstance(value, str):
+            scheme, _, key = value.partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+    return None
 
 
 def _denied(caller: Caller, what: str) -> PermissionDenied:
@@ -220,7 +148,7 @@ class ControlService:
         async with self._pool.acquire() as conn, conn.transaction():
             added = await registry.add_organization(conn, org)
             await registry.audit(conn, caller.name, "AddOrganization", None, id=added.id)
-        return _organization_pb(added)
+        return organization_pb(added)
 
     async def UpdateOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
         if not req.id:
@@ -245,7 +173,7 @@ class ControlService:
             ids = [d.system_id for d in await registry.list_devices(conn, organization_id=req.id)]
         for system_id in ids:
             self._changed(system_id)
-        return _organization_pb(updated)
+        return organization_pb(updated)
 
     async def ListOrganizations(  # noqa: N802
         self, req: pb.OrganizationFilter, caller: Caller
@@ -255,7 +183,7 @@ class ControlService:
             found = await registry.list_organizations(
                 conn, organization_id=only, iin=req.iin, after=req.after, limit=req.limit
             )
-        return pb.OrganizationList(organizations=[_organization_pb(o) for o in found])
+        return pb.OrganizationList(organizations=[organization_pb(o) for o in found])
 
     async def ListTradePoints(self, req: pb.TradePointFilter, caller: Caller) -> pb.TradePointList:  # noqa: N802
         wanted = req.organization_id
@@ -270,7 +198,7 @@ class ControlService:
                 after=req.after,
                 limit=req.limit,
             )
-        return pb.TradePointList(trade_points=[_point_pb(p) for p in found])
+        return pb.TradePointList(trade_points=[point_pb(p) for p in found])
 
     def _point(self, req: pb.TradePoint) -> registry.TradePoint:
         return registry.TradePoint(
@@ -292,7 +220,7 @@ class ControlService:
         async with self._pool.acquire() as conn, conn.transaction():
             added = await registry.add_trade_point(conn, point)
             await registry.audit(conn, caller.name, "AddTradePoint", None, id=added.id)
-        return _point_pb(added)
+        return point_pb(added)
 
     async def UpdateTradePoint(self, req: pb.TradePoint, caller: Caller) -> pb.TradePoint:  # noqa: N802
         async with self._pool.acquire() as conn:
@@ -323,7 +251,7 @@ class ControlService:
             ids = [d.system_id for d in await registry.list_devices(conn, trade_point_id=req.id)]
         for system_id in ids:
             self._changed(system_id)
-        return _point_pb(updated)
+        return point_pb(updated)
 
     async def AddDevice(self, req: pb.Device, caller: Caller) -> pb.Device:  # noqa: N802
         device = registry.Device(
@@ -342,7 +270,7 @@ class ControlService:
                 await registry.audit(
                     conn, caller.name, "AddDevice", added.system_id, point=req.trade_point_id
                 )
-        return _device_pb(added)
+        return device_pb(added)
 
     async def _transition(
         self, caller: Caller, method: str, system_id: int, action: Action, trade_point_id: int = 0
@@ -371,7 +299,7 @@ class ControlService:
             device.status.value,
             {"status": device.status.value, "trade_point_id": device.trade_point_id},
         )
-        return _device_pb(device)
+        return device_pb(device)
 
     async def ActivateDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
         return await self._transition(caller, "ActivateDevice", req.system_id, Action.ACTIVATE)
@@ -411,7 +339,7 @@ class ControlService:
                 await registry.audit(conn, caller.name, method, system_id, **detail)
         self._changed(system_id)
         self._notify(system_id, event, detail)
-        return _device_pb(device)
+        return device_pb(device)
 
     async def BlockDevice(self, req: pb.BlockRequest, caller: Caller) -> pb.Device:  # noqa: N802
         return await self._standing(
@@ -458,9 +386,7 @@ class ControlService:
         async with self._pool.acquire() as conn:
             await self._scope_device(conn, caller, "token", req.system_id)
             async with conn.transaction():
-                token = await conn.fetchval(
-                    "SELECT token FROM device_state WHERE system_id = $1", req.system_id
-                )
+                token = await registry.current_token(conn, req.system_id)
                 if token is None:
                     await registry.get_device(conn, req.system_id)  # not_found if it is none
                     raise PreconditionFailed("no token issued yet: IssueToken")
@@ -472,16 +398,11 @@ class ControlService:
             await self._scope_device(conn, caller, "show", req.system_id)
             device = await registry.get_device(conn, req.system_id)
             state = await load_state(conn, req.system_id, timeout=CALL_TIMEOUT)
-            offline = await conn.fetchrow(
-                "SELECT offline_since, offline_until, software FROM device_state"
-                " WHERE system_id = $1",
-                req.system_id,
-            )
+            reported = await registry.reported_by_device(conn, req.system_id)
         assert state is not None  # a device always has its state row
-        assert offline is not None
         opened = state.tally.opened_at if state.shift_open else None
         return pb.DeviceState(
-            device=_device_pb(device),
+            device=device_pb(device),
             token=(state.token or 0) if caller.role == OPERATOR else 0,
             has_last_request=state.last_request_number is not None,
             last_request_number=state.last_request_number or 0,
@@ -494,9 +415,9 @@ class ControlService:
             last_contact_us=int(state.last_contact.timestamp() * 1e6) if state.last_contact else 0,
             protocol_version=state.protocol_version or 0,
             shift_opened_at=opened.isoformat() if opened else "",
-            offline_since=_iso(offline["offline_since"]),
-            offline_until=_iso(offline["offline_until"]),
-            software=offline["software"] or "",
+            offline_since=iso(reported.offline_since),
+            offline_until=iso(reported.offline_until),
+            software=reported.software,
         )
 
     async def ListDevices(self, req: pb.DeviceFilter, caller: Caller) -> pb.DeviceList:  # noqa: N802
@@ -511,7 +432,7 @@ class ControlService:
                 raise _denied(caller, f"list devices of trade point {req.trade_point_id}")
         elif caller.role == SERVICE_CENTRE:
             system_ids = caller.system_ids
-        status = _STATUS_FROM_PB.get(req.status)
+        status = STATUS_FROM_PB.get(req.status)
         async with self._pool.acquire() as conn:
             devices = await registry.list_devices(
                 conn,
@@ -523,7 +444,7 @@ class ControlService:
                 after=req.after,
                 limit=req.limit,
             )
-        return pb.DeviceList(devices=[_device_pb(d) for d in devices])
+        return pb.DeviceList(devices=[device_pb(d) for d in devices])
 
     async def ListAudit(self, req: pb.AuditQuery, caller: Caller) -> pb.AuditLog:  # noqa: N802
         async with self._pool.acquire() as conn:
@@ -547,7 +468,7 @@ class ControlService:
 
     async def CreateApiKey(self, req: pb.ApiKeySpec, caller: Caller) -> pb.ApiKeyCreated:  # noqa: N802
         self._module(caller, "admin")
-        role = _ROLE_FROM_PB.get(req.role)
+        role = ROLE_FROM_PB.get(req.role)
         if role not in ROLES or not req.name:
             raise InvalidRequest("a key needs a name and a role")
         async with self._pool.acquire() as conn, conn.transaction():
@@ -568,13 +489,7 @@ class ControlService:
     async def RevokeApiKey(self, req: pb.ApiKeyRef, caller: Caller) -> pb.ApiKeyRef:  # noqa: N802
         self._module(caller, "admin")
         async with self._pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(
-                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
-                " RETURNING id",
-                req.id,
-            )
-            if done is None:
-                raise NotFound(f"no live key {req.id}")
+            await revoke_key(conn, req.id)
             await registry.audit(conn, caller.name, "RevokeApiKey", None, id=req.id)
         return pb.ApiKeyRef(id=req.id)
 
@@ -582,7 +497,7 @@ class ControlService:
         del req
         return pb.Caller(
             name=caller.name,
-            role=_ROLE_TO_PB[caller.role],
+            role=ROLE_TO_PB[caller.role],
             organization_id=caller.organization_id or 0,
             trade_point_ids=sorted(caller.trade_point_ids),
         )
@@ -643,40 +558,3 @@ class ControlService:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store: {err!r}")
 
         return call
-
-
-def find_key(key: str | None = None, data_dir: Path | None = None) -> str | None:
-    """The key a client presents: given, else OFD_CONTROL_KEY, else DATA_DIR/operator.key."""
-    if key:
-        return key
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV]
-    return None if data_dir is None else read_key_file(data_dir)
-
-
-def auth_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
-    """The gRPC metadata that presents `key`; none without a key."""
-    return () if not key else (("authorization", f"Bearer {key}"),)
-
-
-class ControlClient:
-    """A blocking client for the CLI, the demo and tests; `key` (else OFD_CONTROL_KEY) goes
-    with every call."""
-
-    def __init__(self, target: str, key: str | None = None) -> None:
-        self._channel = grpc.insecure_channel(target)
-        self._metadata = auth_metadata(find_key(key))
-
-    def call(self, method: str, request: Any) -> Any:
-        request_type, response_type, _ = METHODS[method]
-        if not isinstance(request, request_type):
-            raise TypeError(f"{method} takes {request_type.__name__}")
-        stub = self._channel.unary_unary(
-            f"/{SERVICE}/{method}",
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
-        return stub(request, timeout=CALL_TIMEOUT, metadata=self._metadata)
-
-    def close(self) -> None:
-        self._channel.close()
