@@ -29,6 +29,8 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_journal_lag_changes / _seconds                      changes not yet durable; oldest's wait
     ofd_journal_spool_bytes, ofd_journal_spooled_total,     the Kafka outage spool: backlog,
     ofd_journal_replayed_total, ofd_journal_outages_total   records spooled and replayed, outages
+    ofd_journal_torn_tail_bytes_total, _torn_tails_total    a torn tail the local journal (or the
+                                                            spool) cut when it was opened
     ofd_connections_active / _total / _refused_total        device TCP connections
     ofd_connections_timed_out_total                         closed by the read or idle timeout
     ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
@@ -68,6 +70,7 @@ from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
 from ledger.journal import Journal, JournalEntry
+from ledger.journal.local import LocalJournal
 from ledger.journal.spool import SpoolingJournal, SpoolStats
 from ledger.offline import offline_backlog
 from ledger.state_store import DATABASE_ERRORS
@@ -260,6 +263,7 @@ class GatewayMetrics:
         self._commit_stats: CommitStats | None = None
         self._backlog: Callable[[], tuple[int, float]] = lambda: (0, 0.0)
         self._spool: SpoolingJournal | None = None
+        self._torn_tail_bytes = 0  # cut by the local journal's (or spool's) recovery on opening
         self._journal: CountingJournal | None = None
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
@@ -295,6 +299,8 @@ class GatewayMetrics:
     def counting(self, journal: Journal) -> CountingJournal:
         if isinstance(journal, SpoolingJournal):  # the Kafka outage spool: backlog and counts
             self._spool = journal
+        if isinstance(journal, LocalJournal | SpoolingJournal):
+            self._torn_tail_bytes = journal.recovered_bytes_cut
         self._journal = CountingJournal(journal)
         return self._journal
 
@@ -497,6 +503,16 @@ class GatewayMetrics:
             value=self._journal.appended if self._journal else 0,
         )
         yield from self._spool_families()
+        yield CounterMetricFamily(
+            "ofd_journal_torn_tail_bytes",
+            "Bytes of a torn tail (one incomplete last record) cut when the journal was opened.",
+            value=self._torn_tail_bytes,
+        )
+        yield CounterMetricFamily(
+            "ofd_journal_torn_tails",
+            "Torn tails cut when the journal was opened (corruption refuses to start instead).",
+            value=1 if self._torn_tail_bytes else 0,
+        )
         waiting, age = self._backlog()
         yield GaugeMetricFamily(
             "ofd_journal_lag_changes",

@@ -1,4 +1,5 @@
-"""The local journal: round trips, crash recovery, rolling, group commit, failure atomicity."""
+"""The local journal: round trips, crash recovery, rolling, group commit, failure atomicity.
+(Damage that is not a torn tail: tests/test_journal_corruption.py.)"""
 
 import asyncio
 import errno
@@ -93,24 +94,6 @@ def test_recovery_after_torn_tail(
         recovered.append_sync([JournalEntry(1, b"after")])
         asyncio.run(recovered.close())
         assert read_all(directory) == [e for _, e in survivors] + [JournalEntry(1, b"after")]
-
-
-@pytest.mark.parametrize("offset", [0, 3, 4, 8, 15, 16, 25])  # length, crc, key, payload bytes
-async def test_flipped_byte_in_last_record_is_cut(tmp_path: Path, offset: int) -> None:
-    journal = LocalJournal(tmp_path)
-    await journal.append(make(3))
-    await journal.close()
-    last_record = record_size(make(3)[2])
-    (segment,) = segments(tmp_path)
-    raw = bytearray(segment.read_bytes())
-    raw[len(raw) - last_record + offset] ^= 0xFF
-    segment.write_bytes(bytes(raw))
-
-    recovered = LocalJournal(tmp_path)
-    assert recovered.recovered_bytes_cut == last_record
-    assert segment.stat().st_size == len(raw) - last_record
-    await recovered.close()
-    assert read_all(tmp_path) == make(3)[:2]
 
 
 async def test_reader_resumes_from_any_yielded_position(tmp_path: Path) -> None:

@@ -21,6 +21,23 @@ class JournalEntry:
     payload: bytes  # an opaque serialized record envelope
 
 
+class JournalCorrupt(SinkError):
+    """A local journal segment is damaged in a way a crash cannot explain (not a torn tail):
+    acknowledged records may lie behind the damage, so nothing may cut it away or read past it
+    as if the journal ended there. Not retriable: a person has to look (`ofd journal verify`)."""
+
+    def __init__(self, segment: str, offset: int, kind: str, records_after: int) -> None:
+        super().__init__(
+            f"journal segment {segment}: {kind} at offset {offset},"
+            f" {records_after} intact records after it",
+            retriable=False,
+        )
+        self.segment = segment
+        self.offset = offset
+        self.kind = kind
+        self.records_after = records_after
+
+
 class Journal(Protocol):
     async def append(self, entries: Sequence[JournalEntry]) -> None:
         """Make the entries durable, in order, or raise SinkError having written none of them."""

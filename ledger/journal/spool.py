@@ -53,6 +53,7 @@ class SpoolingJournal:
         self._kafka = kafka
         self._dir = spool_dir
         self._spool = LocalJournal(spool_dir)  # takes the directory's lock: one writer
+        self.recovered_bytes_cut = self._spool.recovered_bytes_cut  # a torn tail, for the metrics
         self._replayed = _read_position(spool_dir / POSITION_FILE)
         self._lock = asyncio.Lock()  # spool appends, and the last steps of a drain
         self._closed = False
@@ -183,7 +184,9 @@ def _write_position(path: Path, position: int) -> None:
 
 
 def _remove_segments(directory: Path) -> None:
-    """Deletes the spool's segments and position (the journal's lock file stays)."""
-    for path in directory.iterdir():
+    """Deletes the spool's segments and position (the journal's lock file stays): the position
+    first, then the segments from the last, so a crash here leaves segments that still follow one
+    another (a gap would be corruption to the next start) and replays them again."""
+    for path in sorted(directory.iterdir(), reverse=True):
         if path.suffix == SEGMENT_SUFFIX or path.name == POSITION_FILE:
             path.unlink()

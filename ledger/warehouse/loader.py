@@ -44,6 +44,7 @@ from typing import Protocol
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from ledger.journal import JournalCorrupt
 from ledger.journal.local import SEGMENT_SUFFIX, JournalReader
 from ledger.warehouse.backends import Row, Warehouse
 from ledger.warehouse.rows import decode_record, document_row, format_micros
@@ -125,10 +126,15 @@ class LocalJournalSource:
 
     def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
-        for after, entry in self._reader.read(position):
-            out.append((after, entry.payload))
-            if len(out) >= limit:
-                break
+        try:
+            for after, entry in self._reader.read(position):
+                out.append((after, entry.payload))
+                if len(out) >= limit:
+                    break
+        except JournalCorrupt:
+            if not out:
+                raise  # the damage is where this source stands: every step says so, loudly
+            # The records before the damage are loaded; the next read starts at it and raises.
         return out
 
     def committed(self, position: int) -> None:
