@@ -7,7 +7,9 @@ ofd report zx --device ID --from DAY [--to DAY]
 ofd report summary --device ID [--device ID ...] --from DAY [--to DAY]
 
 Queries and reports go through the running `ofd load` when there is one (it owns the embedded
-chDB directory, which no second process can open) and open the warehouse directly otherwise.
+chDB directory, which no second process can open), presenting the analyst key (--analyst-key,
+OFD_ANALYST_KEY or DATA_DIR/analyst.key), and open the warehouse directly otherwise. Either way
+they run under the engine's restrictions and the --query-* limits (ledger/warehouse/reports.py).
 """
 
 import argparse
@@ -24,6 +26,7 @@ from typing import Any
 
 from ingest.settings import DEFAULT_DATA_DIR
 from ledger.journal.kafka import DEFAULT_TOPIC
+from ledger.warehouse.backends import QueryLimits
 from ledger.warehouse.kafka_source import DEFAULT_GROUP
 from ledger.warehouse.loader import DEFAULT_BATCH_RECORDS, LoaderSettings
 from ledger.warehouse.reports import QueryRefused, ReportLimits
@@ -71,6 +74,16 @@ def _limits(args: argparse.Namespace) -> ReportLimits:
     )
 
 
+def _query_limits(args: argparse.Namespace) -> QueryLimits:
+    return QueryLimits(
+        timeout=args.query_timeout,
+        max_memory=args.query_max_memory,
+        max_rows=args.query_max_rows,
+        max_bytes=args.query_max_bytes,
+        concurrency=args.query_concurrency,
+    )
+
+
 def _run_load(args: argparse.Namespace) -> int:
     settings = ServiceSettings(
         data_dir=Path(args.data_dir),
@@ -78,6 +91,7 @@ def _run_load(args: argparse.Namespace) -> int:
         port=args.port,
         loader=LoaderSettings(batch_records=args.batch),
         limits=_limits(args),
+        query=_query_limits(args),
         kafka_bootstrap=args.kafka_bootstrap or None,
         kafka_topic=args.kafka_topic,
         kafka_group=args.kafka_group,
@@ -97,6 +111,8 @@ def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> int:
             payload,
             clickhouse_url=args.clickhouse_url or None,
             limits=_limits(args),
+            query_limits=_query_limits(args),
+            key=args.analyst_key or None,
         )
     except (QueryRefused, ServiceError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -134,6 +150,45 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-device-days", type=int, default=limits.one_device_days)
     p.add_argument("--many-devices", type=int, default=limits.many_devices)
     p.add_argument("--many-devices-days", type=int, default=limits.many_devices_days)
+    query = QueryLimits()
+    p.add_argument(
+        "--query-timeout",
+        type=float,
+        default=query.timeout,
+        help=f"seconds an analyst's query may run (default {query.timeout:g})",
+    )
+    p.add_argument(
+        "--query-max-memory",
+        type=int,
+        default=query.max_memory,
+        help=f"bytes of memory per query (default {query.max_memory}, 1 GiB)",
+    )
+    p.add_argument(
+        "--query-max-rows",
+        type=int,
+        default=query.max_rows,
+        help=f"rows in an answer; more is an error (default {query.max_rows})",
+    )
+    p.add_argument(
+        "--query-max-bytes",
+        type=int,
+        default=query.max_bytes,
+        help=f"bytes in an answer; more is an error (default {query.max_bytes}, 64 MiB)",
+    )
+    p.add_argument(
+        "--query-concurrency",
+        type=int,
+        default=query.concurrency,
+        help=f"queries the service runs at once; the rest wait (default {query.concurrency})",
+    )
+
+
+def _analyst_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--analyst-key",
+        default="",
+        help="the query service's key (default: OFD_ANALYST_KEY, else DATA_DIR/analyst.key)",
+    )
 
 
 def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -157,6 +212,7 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
 
     q = sub.add_parser("query", help="read-only SQL over the warehouse")
     _common(q)
+    _analyst_key(q)
     q.add_argument("sql")
     q.add_argument("--format", choices=FORMATS, default="table")
     q.set_defaults(run=_run_query)
@@ -171,6 +227,7 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
     ):
         p = report.add_parser(name, help=text)
         _common(p)
+        _analyst_key(p)
         p.add_argument("--device", type=int, action="append", required=True)
         if name == "receipts":
             p.add_argument("--shift", type=int)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from warehouse_journal import receipt_record, write_journal
 
-from ledger.warehouse.backends import ServerWarehouse, Warehouse, open_warehouse
+from ledger.warehouse.backends import QueryLimits, ServerWarehouse, Warehouse, open_warehouse
 from ledger.warehouse.loader import Loader, local_sources
-from ledger.warehouse.reports import run_report
+from ledger.warehouse.reports import QueryRefused, run_query, run_report
 
 URL = os.environ.get("CLICKHOUSE_URL", "")
 pytestmark = pytest.mark.skipif(not URL, reason="CLICKHOUSE_URL is not set")
@@ -49,3 +49,28 @@ def test_server_loads_exactly_once(server: Warehouse, tmp_path: Path) -> None:
     assert sum(again.drain()) == 0
     summary = run_report(server, "summary", {"devices": [300, 301], "from": "2026-11-02"})
     assert summary
+
+
+def test_server_analyst_runs_under_the_same_settings(server: Warehouse) -> None:
+    """The settings travel as the request's settings (clickhouse-connect `settings=`); the
+    parse-side rules are the same code as on chDB (tests/test_query_boundary.py)."""
+    analyst = server.analyst(QueryLimits(timeout=1.0, max_rows=10))
+    try:
+        rows = run_query(analyst, "SELECT getSetting('readonly') AS r --")
+        assert int(rows[0]["r"]) == 1
+        with pytest.raises(Exception, match="TIMEOUT_EXCEEDED"):
+            run_query(analyst, "SELECT count() FROM numbers(1000000000000)")
+        with pytest.raises(Exception, match="TOO_MANY_ROWS"):
+            run_query(analyst, "SELECT number FROM numbers(100)")
+        for sql in (
+            "SELECT file('/etc/hostname')",
+            f"DROP TABLE {server.database}.documents",
+            "SELECT 1 SETTINGS readonly = 0",
+            "SELECT 1; SELECT 2",
+        ):
+            with pytest.raises(QueryRefused):
+                run_query(analyst, sql)
+        with pytest.raises(Exception, match="READONLY"):
+            analyst.select("SELECT * FROM url('http://127.0.0.1:9/', 'RawBLOB')")
+    finally:
+        analyst.close()

@@ -4,12 +4,17 @@ chDB allows one process per data directory (a second cannot open it, not even re
 embedded backend is opened by the one process that owns the directory (the loader service) and
 everyone else asks that process. A ClickHouse server is reached with clickhouse-connect and the
 same SQL. Both are synchronous: callers on an event loop run them in a worker thread.
+
+Analysts read through `Warehouse.analyst(limits)`, never through the loader's connection: a
+session of its own whose restrictions the engine enforces (QueryLimits.settings), so that a query
+can neither write, nor lift its limits, nor hold the loader's lock.
 """
 
 import importlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +26,73 @@ SCHEMA_RESOURCE = "schema.sql"
 STATEMENT_SEPARATOR = "\n;\n"
 
 Row = dict[str, Any]
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """What one analyst query may take. `ofd load` and `ofd query` take them as options."""
+
+    timeout: float = 30.0  # seconds (max_execution_time): a query is cut, not waited for
+    max_memory: int = GIB  # bytes (max_memory_usage) per query
+    max_rows: int = 100_000  # rows in the answer (max_result_rows); more is an error, not a cut
+    max_bytes: int = 64 * MIB  # bytes in the answer (max_result_bytes), uncompressed
+    concurrency: int = 2  # queries at once through the service; the others wait, then get 503
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or min(self.max_memory, self.max_rows, self.max_bytes) <= 0:
+            raise ValueError("query limits must be positive")
+        if self.concurrency < 1:
+            raise ValueError("query concurrency must be at least 1")
+
+    def settings(self, *, answer_limits: bool = True) -> dict[str, str]:
+        """The ClickHouse settings an analyst's session starts with (chDB: connection arguments;
+        a server: the request's settings), never SQL text the query could cut off.
+
+        readonly=1 is the keystone: the engine then refuses writes and DDL, every table function
+        that reaches a file, a URL, another server or a process (they need CREATE TEMPORARY
+        TABLE, which readonly=1 denies), and any change of a setting (SET, a SETTINGS clause,
+        readonly itself), so the limits below cannot be lifted by the query they limit.
+        `answer_limits=False` is for the engine's own parse of a query (reports.run_query):
+        an AST dump of a long query may have more lines than the answer may have rows."""
+        settings = {
+            "readonly": "1",
+            "max_execution_time": f"{self.timeout:g}",
+            "timeout_overflow_mode": "throw",
+            "max_memory_usage": str(self.max_memory),
+            "allow_ddl": "0",  # readonly=1 already forbids DDL; this names the rule
+            "allow_introspection_functions": "0",
+        }
+        if answer_limits:
+            settings |= {
+                "max_result_rows": str(self.max_rows),
+                "max_result_bytes": str(self.max_bytes),
+                "result_overflow_mode": "throw",
+            }
+        return settings
+
+
+class Reader(Protocol):
+    """What reports need: the database's name and a query."""
+
+    database: str
+
+    def select(self, sql: str) -> list[Row]: ...
+
+
+class Analyst(Protocol):
+    """An analyst's restricted reader (Warehouse.analyst)."""
+
+    database: str
+    limits: QueryLimits
+
+    def select(
+        self, sql: str, params: Mapping[str, str] | None = None, *, answer_limits: bool = True
+    ) -> list[Row]:
+        """Runs one statement under `limits`; `params` fill `{name:String}` placeholders."""
+
+    def close(self) -> None: ...
 
 
 class Warehouse(Protocol):
@@ -34,6 +106,9 @@ class Warehouse(Protocol):
 
     def insert(self, table: str, rows: Sequence[Row], *, token: str) -> None:
         """Inserts the rows in one INSERT; a retry with the same token is dropped by ClickHouse."""
+
+    def analyst(self, limits: QueryLimits) -> Analyst:
+        """A reader for analysts' queries, apart from this connection (see QueryLimits)."""
 
     def close(self) -> None: ...
 
@@ -74,6 +149,7 @@ class ChdbWarehouse:
         session_module: Any = importlib.import_module("chdb.session")
         path.mkdir(parents=True, exist_ok=True)
         self.database = database
+        self._path = path
         self._session: Any = session_module.Session(str(path))
         # The session is shared by the loader thread and the query endpoint's threads.
         self._lock = threading.Lock()
@@ -92,9 +168,57 @@ class ChdbWarehouse:
         if rows:
             self.execute(_insert_sql(self.database, table, rows, token))
 
+    def analyst(self, limits: QueryLimits) -> Analyst:
+        return ChdbAnalyst(self._path, self.database, limits)
+
     def close(self) -> None:
         with self._lock:
             self._session.close()
+
+
+def _escaped(value: str) -> str:
+    """A query parameter as chDB reads it: in ClickHouse's escaped (TSV) text form."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+class ChdbAnalyst:
+    """Analysts' queries on the chDB directory the loader holds, each in a session of its own.
+
+    chDB lets one process open several sessions on its directory, and a session's connection
+    arguments are its startup settings: readonly=1 and the limits are set before the first
+    query and cannot be changed by one (readonly=1 forbids changing any setting). Sessions run
+    in parallel with the loader's (no shared lock: a slow query does not stall loading), and a
+    new one per query (about 2 ms) carries nothing over: chDB returned a failed multi-statement's
+    partial output with the session's next answer."""
+
+    def __init__(self, path: Path, database: str, limits: QueryLimits) -> None:
+        if "?" in str(path) or "&" in str(path):
+            raise ValueError(f"a chDB path cannot hold '?' or '&': {path}")
+        self.database = database
+        self.limits = limits
+        self._session_module: Any = importlib.import_module("chdb.session")
+        self._path = path
+
+    def _connection(self, answer_limits: bool) -> str:
+        settings = self.limits.settings(answer_limits=answer_limits)
+        return f"{self._path}?" + "&".join(f"{k}={v}" for k, v in settings.items())
+
+    def select(
+        self, sql: str, params: Mapping[str, str] | None = None, *, answer_limits: bool = True
+    ) -> list[Row]:
+        session = self._session_module.Session(self._connection(answer_limits))
+        try:
+            bound = {name: _escaped(value) for name, value in (params or {}).items()}
+            result = session.query(sql, "JSONEachRow", params=bound)
+            data: bytes = result.bytes()
+        finally:
+            session.close()
+        return [json.loads(line) for line in data.splitlines() if line]
+
+    def close(self) -> None:
+        pass  # nothing held between queries
 
 
 class ServerWarehouse:
@@ -104,6 +228,7 @@ class ServerWarehouse:
         import clickhouse_connect  # noqa: PLC0415
 
         self.database = database
+        self._url = url
         self._client = clickhouse_connect.get_client(dsn=url)
         self._lock = threading.Lock()
 
@@ -121,9 +246,40 @@ class ServerWarehouse:
         if rows:
             self.execute(_insert_sql(self.database, table, rows, token))
 
+    def analyst(self, limits: QueryLimits) -> Analyst:
+        return ServerAnalyst(self._url, self.database, limits)
+
     def close(self) -> None:
         with self._lock:
             self._client.close()
+
+
+class ServerAnalyst:
+    """Analysts' queries on a ClickHouse server: a client of their own (no session, so queries
+    run side by side and never wait for the loader's), the same settings sent with every request
+    (clickhouse-connect's `settings=`: URL parameters, not SQL text). For a deployment, give the
+    URL a user whose profile holds the same limits; these then only narrow them."""
+
+    def __init__(self, url: str, database: str, limits: QueryLimits) -> None:
+        import clickhouse_connect  # noqa: PLC0415
+
+        self.database = database
+        self.limits = limits
+        self._client: Any = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+
+    def select(
+        self, sql: str, params: Mapping[str, str] | None = None, *, answer_limits: bool = True
+    ) -> list[Row]:
+        result = self._client.query(
+            sql,
+            parameters=dict(params or {}),
+            settings=self.limits.settings(answer_limits=answer_limits),
+        )
+        names = result.column_names
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def open_warehouse(

@@ -1,27 +1,56 @@
-"""Analysts' reads: read-only SQL and the named reports of an operator's cabinet.
+"""Analysts' reads: SQL under the engine's restrictions, and the named reports of an operator's
+cabinet.
 
-Read-only SQL is enforced twice: the statement must be one query of a reading kind (SELECT,
-WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS), and SELECTs run with `readonly = 2` so that ClickHouse
-itself refuses any write hidden inside one. Named reports take typed parameters and bound
-ranges; their limits are settings, not constants in SQL.
+Who enforces what for an analyst's SQL (tests/test_query_boundary.py probes each):
+- The engine's session settings (backends.QueryLimits.settings, set when the session opens):
+  readonly=1 refuses INSERT, DDL (CREATE, DROP, ATTACH...), OPTIMIZE, SET and SETTINGS (so the
+  limits and readonly itself stay), and every table function that reaches files, URLs, other
+  servers or processes (file, url, s3, remote, mysql, postgresql, executable, python...);
+  max_execution_time, max_memory_usage and max_result_rows/bytes cut a query at its limit.
+- The engine's own parser, asked before the query runs (`analyst_statement`):
+  formatQuerySingleLine refuses more than one statement ("Multi-statements are not allowed")
+  and yields the one statement without its comments; that canonical text is what runs, so a
+  comment or a quote in one cannot change what was checked. EXPLAIN AST then shows the
+  statement's tree, and the rules the settings do not cover are checked on it:
+  - its kind: SELECT, SHOW, DESCRIBE, EXISTS or EXPLAIN of a SELECT. chDB runs KILL QUERY and
+    SYSTEM STOP MERGES under readonly=1 (measured), so kinds are allowed, not forbidden.
+  - INTO OUTFILE (a Literal right under the statement): chDB writes the file itself, on the
+    client side of the engine, whatever readonly says (measured).
+  - the functions: the scalar file() reads any path in chDB under readonly=1 (clickhouse-local
+    does not confine it to user_files_path; measured), and every table function of the engine
+    but a few generators is refused by name here too, before readonly refuses it at execution:
+    sqlite() creates its file before the readonly check (measured).
+  - no SETTINGS in a subquery (readonly=1 refuses one on the statement itself).
+Named reports take typed parameters and bound ranges, and run through the same restricted
+reader; their limits are settings, not constants in SQL.
 """
 
-import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from ledger.warehouse.backends import Row, Warehouse
+from ledger.warehouse.backends import Analyst, Reader, Row
 
-READING = ("select", "with", "show", "describe", "desc", "explain", "exists")
 MAX_SQL_CHARS = 100_000
-MAX_RESULT_ROWS = 100_000  # an analyst who needs more exports from ClickHouse directly
+MAX_RESULT_ROWS = 100_000  # a report's rows; an analyst's SQL has QueryLimits.max_rows
 OFFLINE_MARK = "А"  # Cyrillic A: how a cabinet marks a receipt sent offline
 OPERATION_NAMES = ("BUY", "BUY_RETURN", "SELL", "SELL_RETURN")
+# Statement kinds as EXPLAIN AST names them (its first line's first word).
+READING_STATEMENTS = frozenset(
+    {"SelectWithUnionQuery", "ShowTables", "ShowColumns", "DescribeQuery", "Explain"}
+)
+READING_PREFIXES = ("ShowCreate", "Exists")  # ShowCreateTableQuery, ExistsTableQuery, ...
+# Table functions that only generate rows or read the warehouse's own tables; every other one
+# the engine knows (system.table_functions) is refused. Compared in lower case.
+GENERATORS = frozenset(
+    {"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "primes",
+     "values", "null", "view", "merge", "generaterandom", "sqlstandardvalues", "format"}
+)  # fmt: skip
+SCALAR_FUNCTIONS_REFUSED = frozenset({"file"})  # reads any path in chDB, readonly or not
 
 
 class QueryRefused(ValueError):
-    """The SQL is not a single read-only query, or a report's parameters are out of bounds."""
+    """The SQL is not a single reading statement, or a report's parameters are out of bounds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,33 +60,76 @@ class ReportLimits:
     many_devices_days: int = 7
 
 
-def readonly_sql(sql: str) -> str:
-    """The statement as it will run, or QueryRefused."""
-    text = sql.strip().rstrip(";").strip()
-    if not text:
+def _reading(kind: str) -> bool:
+    return kind in READING_STATEMENTS or kind.startswith(READING_PREFIXES)
+
+
+def _table_functions(analyst: Analyst) -> frozenset[str]:
+    rows = analyst.select("SELECT name FROM system.table_functions", answer_limits=False)
+    return frozenset(str(r["name"]).lower() for r in rows) - GENERATORS
+
+
+def analyst_statement(analyst: Analyst, sql: str) -> str:
+    """The one statement `sql` holds, as the engine writes it back (comments gone), once the
+    engine's parser shows it is a reading one; QueryRefused otherwise."""
+    if not sql.strip():
         raise QueryRefused("empty query")
-    if len(text) > MAX_SQL_CHARS:
+    if len(sql) > MAX_SQL_CHARS:
         raise QueryRefused(f"query longer than {MAX_SQL_CHARS} characters")
-    if ";" in _without_literals(text):
-        raise QueryRefused("one statement at a time")
-    first = text.split(None, 1)[0].lower()
-    if first not in READING:
-        raise QueryRefused(f"only reading queries ({', '.join(READING)}); got {first.upper()}")
-    bare = _without_literals(text).lower()
-    if "into outfile" in bare or re.search(r"\breadonly\b", bare):
-        raise QueryRefused("INTO OUTFILE and the readonly setting are not allowed")
-    if first in ("select", "with"):
-        joiner = ", " if re.search(r"\bsettings\b", bare) else " SETTINGS "
-        text = f"{text}{joiner}readonly = 2, max_result_rows = {MAX_RESULT_ROWS}"
-    return text
+    try:
+        # The SQL travels as a bound parameter: it is a value here, never text of this query.
+        rows = analyst.select(
+            "SELECT formatQuerySingleLine({sql:String}) AS statement",
+            {"sql": sql},
+            answer_limits=False,
+        )
+    except Exception as err:  # the engine's parser: a syntax error or several statements
+        raise QueryRefused(_engine_message(err)) from err
+    statement = str(rows[0]["statement"])
+    try:
+        # One statement as the engine wrote it: EXPLAIN AST parses it again and dumps its tree
+        # (a SETTINGS clause is refused here already: readonly=1 forbids changing a setting).
+        explained = analyst.select(f"EXPLAIN AST {statement}", answer_limits=False)
+    except Exception as err:
+        raise QueryRefused(_engine_message(err)) from err
+    tree = [str(r["explain"]) for r in explained]
+    if not tree:
+        raise QueryRefused("the engine returned no syntax tree for the query")
+    kind = tree[0].split()[0]
+    if not _reading(kind):
+        raise QueryRefused(
+            f"only reading queries (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN); got {kind}"
+        )
+    if kind == "Explain" and (len(tree) < 2 or tree[1].split()[0] != "SelectWithUnionQuery"):
+        raise QueryRefused("EXPLAIN explains a SELECT only")
+    refused_tables = _table_functions(analyst)
+    for line in tree[1:]:
+        depth = len(line) - len(line.lstrip(" "))
+        words = line.split()
+        if depth == 1 and words[0] == "Literal":
+            raise QueryRefused("INTO OUTFILE is not allowed")
+        if depth == 1 and words[0] == "Identifier" and kind in ("SelectWithUnionQuery", "Explain"):
+            raise QueryRefused("FORMAT is not allowed: the client chooses the output format")
+        if words[0] == "Set":
+            # A subquery's SETTINGS: chDB ignores it (measured: readonly, time and memory held),
+            # an engine that applied one would meet readonly=1; refused here in plain words.
+            raise QueryRefused("SETTINGS is not allowed: the service sets the query's limits")
+        if words[0] == "Function" and len(words) > 1:
+            name = words[1].lower()
+            if name in SCALAR_FUNCTIONS_REFUSED or name in refused_tables:
+                raise QueryRefused(f"function {words[1]}() is not allowed: it reaches outside")
+    return statement
 
 
-def _without_literals(text: str) -> str:
-    return re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)
+def _engine_message(err: Exception) -> str:
+    """ClickHouse's message without its stack trace and the echo of the wrapping query."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(": In scope SELECT formatQuerySingleLine(")[0]
 
 
-def run_query(warehouse: Warehouse, sql: str) -> list[Row]:
-    return warehouse.select(readonly_sql(sql))
+def run_query(analyst: Analyst, sql: str) -> list[Row]:
+    """An analyst's SQL: checked by the engine's parser, run under the engine's restrictions."""
+    return analyst.select(analyst_statement(analyst, sql))
 
 
 def _day(value: Any, name: str) -> date:
@@ -84,9 +156,7 @@ def _device(params: dict[str, Any]) -> int:
         raise QueryRefused("device: a system id is required") from err
 
 
-def receipts_report(
-    warehouse: Warehouse, params: dict[str, Any], limits: ReportLimits
-) -> list[Row]:
+def receipts_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
     """A device's receipts for one shift (`shift`) or a period (`from`, `to`); offline ones marked
     OFFLINE_MARK."""
     device = _device(params)
@@ -112,7 +182,7 @@ def receipts_report(
     return out
 
 
-def zx_report(warehouse: Warehouse, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
+def zx_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
     """A device's X and Z reports in a period: shift closes (with reconciliation) and REPORTs."""
     device = _device(params)
     start, end = _period(params, limits.one_device_days)
@@ -133,7 +203,7 @@ def zx_report(warehouse: Warehouse, params: dict[str, Any], limits: ReportLimits
     )
 
 
-def summary_report(warehouse: Warehouse, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
+def summary_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
     """Per device and day: receipts, offline ones, revenue. One device over up to
     `one_device_days`, or up to `many_devices` devices over up to `many_devices_days`."""
     raw = params.get("devices") or [params.get("device")]
@@ -160,7 +230,7 @@ REPORTS = {"receipts": receipts_report, "zx": zx_report, "summary": summary_repo
 
 
 def run_report(
-    warehouse: Warehouse, name: str, params: dict[str, Any], limits: ReportLimits | None = None
+    warehouse: Reader, name: str, params: dict[str, Any], limits: ReportLimits | None = None
 ) -> list[Row]:
     report = REPORTS.get(name)
     if report is None:

@@ -1,20 +1,31 @@
 """The warehouse service: the one process that owns the embedded chDB directory.
 
 chDB admits one process per data directory, so the loader process also answers analysts: a
-small HTTP endpoint on 127.0.0.1 (no authentication: bind it nowhere else) takes read-only SQL
-and named reports and serves the loader's Prometheus metrics. It announces its port in
-`<data_dir>/warehouse/service.json`; `ofd query` reads that file, and opens the directory itself
-only when no service is running.
+small HTTP endpoint on loopback only takes SQL and named reports and serves the loader's
+Prometheus metrics. It announces its port in `<data_dir>/warehouse/service.json`; `ofd query`
+reads that file, and opens the directory itself only when no service is running.
+
+Callers of /query and /report present the analyst key (`Authorization: Bearer <key>`): the
+service creates it at first start in `<data_dir>/analyst.key`, mode 0600, so only the data
+directory's owner (and whom they give it to) may query; the service keeps its SHA-256 only and
+compares in constant time. A caller without it gets 401, logged and counted. Queries run in
+sessions of their own under the engine's restrictions (backends.QueryLimits, reports.run_query),
+at most `QueryLimits.concurrency` at once, beside the loader, never holding its connection.
 
 POST /query  {"sql": "..."}                         -> {"rows": [...]}
 POST /report {"name": "receipts", "params": {...}}  -> {"rows": [...]}
-GET  /metrics                                       -> Prometheus text
-Errors answer 400 with {"error": "..."}.
+GET  /metrics                                       -> Prometheus text (no key: loopback only)
+Errors answer 400 (refused or failed query), 401 (no or wrong key), 503 (too many at once) with
+{"error": "..."}.
 """
 
 import contextlib
+import hashlib
+import hmac
+import ipaddress
 import json
 import os
+import secrets
 import threading
 import time
 import urllib.error
@@ -26,19 +37,29 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from ledger.journal.kafka import DEFAULT_TOPIC
-from ledger.warehouse.backends import Row, Warehouse, open_warehouse
+from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open_warehouse
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
-from ledger.warehouse.reports import QueryRefused, ReportLimits, run_query, run_report
+from ledger.warehouse.reports import ReportLimits, run_query, run_report
 
 log = structlog.get_logger(__name__)
 
 SERVICE_FILE = "service.json"
+KEY_FILE = "analyst.key"
+KEY_ENV = "OFD_ANALYST_KEY"
+KEY_BYTES = 32
 MAX_REQUEST_BYTES = 1024 * 1024
-CLIENT_TIMEOUT = 60.0  # seconds an analyst's query may take through the service
+REQUEST_READ_TIMEOUT = 10.0  # seconds a caller may take to send its request
+# The client waits for a free slot and for the query itself: twice the timeout, and a margin.
+CLIENT_MARGIN = 10.0
+QUERIES = Counter(
+    "ofd_warehouse_queries_total",
+    "Analysts' requests to the query service, by outcome",
+    ["outcome"],  # ok, refused (400), unauthorized (401), busy (503)
+)
 # `ofd load --once` on Kafka: a group join takes about half the session timeout on tansu, more
 # after a member died (kafka_source.py); loaded once no record came for ONCE_QUIET seconds.
 ONCE_JOIN_TIMEOUT = 30.0
@@ -57,10 +78,62 @@ class ServiceSettings:
     port: int = 0
     loader: LoaderSettings = field(default_factory=LoaderSettings)
     limits: ReportLimits = field(default_factory=ReportLimits)
+    query: QueryLimits = field(default_factory=QueryLimits)
     load: bool = True  # False: answer queries only (e.g. while another loader feeds a server)
     kafka_bootstrap: str | None = None  # read the Kafka journal instead of the local ones
     kafka_topic: str = DEFAULT_TOPIC
     kafka_group: str = DEFAULT_GROUP  # the loaders' consumer group: they split the partitions
+
+    def __post_init__(self) -> None:
+        if not _loopback(self.host):
+            raise ValueError(f"the query service binds loopback only, not {self.host!r}")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ensure_analyst_key(data_dir: Path) -> str:
+    """The analyst key of DATA_DIR/analyst.key, created (mode 0600) when there is none; a key
+    file others may read is narrowed to 0600 first."""
+    path = data_dir / KEY_FILE
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            log.warning("analyst_key_mode_narrowed", path=str(path))
+        key = path.read_text().strip()
+        if key:
+            return key
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = "ofd_analyst_" + secrets.token_urlsafe(KEY_BYTES)
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a key
+    log.info("analyst_key_created", path=str(path))
+    return key
+
+
+def read_analyst_key(data_dir: Path) -> str | None:
+    """The key a client presents: OFD_ANALYST_KEY, else DATA_DIR/analyst.key when readable."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].strip()
+    try:
+        return (data_dir / KEY_FILE).read_text().strip() or None
+    except OSError:  # missing, or not ours to read: the service will answer 401
+        return None
+
+
+def _key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 def _sources(settings: ServiceSettings, warehouse: Warehouse) -> Callable[[], list[Source]]:
@@ -77,8 +150,14 @@ def _sources(settings: ServiceSettings, warehouse: Warehouse) -> Callable[[], li
     )
 
 
-def _handler(warehouse: Warehouse, limits: ReportLimits) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    analyst: Analyst, limits: ReportLimits, key_hash: bytes
+) -> type[BaseHTTPRequestHandler]:
+    slots = threading.BoundedSemaphore(analyst.limits.concurrency)
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_READ_TIMEOUT  # a half-sent request does not hold its thread
+
         def log_message(self, format: str, *args: Any) -> None:
             pass  # structlog only: one line per query would drown the loader's log
 
@@ -89,6 +168,24 @@ def _handler(warehouse: Warehouse, limits: ReportLimits) -> type[BaseHTTPRequest
             self.end_headers()
             self.wfile.write(body)
 
+        def _error(self, status: int, message: str) -> None:
+            self._answer(status, json.dumps({"error": message}).encode())
+
+        def _authorized(self) -> bool:
+            scheme, _, key = (self.headers.get("Authorization") or "").partition(" ")
+            presented = key.strip() if scheme.lower() == "bearer" else ""
+            # Hashes of equal length compared in constant time: timing tells nothing of the key.
+            if presented and hmac.compare_digest(_key_hash(presented), key_hash):
+                return True
+            QUERIES.labels("unauthorized").inc()
+            log.warning(
+                "warehouse_query_unauthorized",
+                path=self.path,
+                peer=self.client_address[0],
+                key_presented=bool(presented),
+            )
+            return False
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._answer(200, generate_latest(), CONTENT_TYPE_LATEST)
@@ -96,26 +193,35 @@ def _handler(warehouse: Warehouse, limits: ReportLimits) -> type[BaseHTTPRequest
                 self._answer(404, b'{"error": "not found"}')
 
         def do_POST(self) -> None:
+            if self.path not in ("/query", "/report"):
+                self._answer(404, b'{"error": "not found"}')
+                return
+            if not self._authorized():
+                self._error(401, "the analyst key is missing or wrong (DATA_DIR/analyst.key)")
+                return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_REQUEST_BYTES:
                 self._answer(413, b'{"error": "request too large"}')
                 return
+            # Queries past the cap wait up to one query's time for a slot, then are turned away.
+            if not slots.acquire(timeout=analyst.limits.timeout):
+                QUERIES.labels("busy").inc()
+                self._error(503, f"{analyst.limits.concurrency} queries running; try again")
+                return
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/query":
-                    rows = run_query(warehouse, str(request.get("sql", "")))
-                elif self.path == "/report":
-                    params = request.get("params") or {}
-                    rows = run_report(warehouse, str(request.get("name")), params, limits)
+                    rows = run_query(analyst, str(request.get("sql", "")))
                 else:
-                    self._answer(404, b'{"error": "not found"}')
-                    return
-            except (QueryRefused, ValueError) as err:
-                self._answer(400, json.dumps({"error": str(err)}).encode())
+                    params = request.get("params") or {}
+                    rows = run_report(analyst, str(request.get("name")), params, limits)
+            except Exception as err:  # refused, or ClickHouse's own error: the analyst's to fix
+                QUERIES.labels("refused").inc()
+                self._error(400, str(err))
                 return
-            except Exception as err:  # ClickHouse's own errors (bad SQL) go back to the analyst
-                self._answer(400, json.dumps({"error": str(err)}).encode())
-                return
+            finally:
+                slots.release()
+            QUERIES.labels("ok").inc()
             self._answer(200, json.dumps({"rows": rows}, default=str).encode())
 
     return Handler
@@ -130,8 +236,10 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
         loader = Loader(warehouse, sources, settings.loader)
         if once:
             return _load_once(loader, sources)
+        key_hash = _key_hash(ensure_analyst_key(settings.data_dir))
+        analyst = warehouse.analyst(settings.query)
         server = ThreadingHTTPServer(
-            (settings.host, settings.port), _handler(warehouse, settings.limits)
+            (settings.host, settings.port), _handler(analyst, settings.limits, key_hash)
         )
         server.daemon_threads = True
         info = {"host": settings.host, "port": server.server_address[1], "pid": os.getpid()}
@@ -148,6 +256,7 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
         finally:
             server.shutdown()
             server.server_close()
+            analyst.close()
             with contextlib.suppress(FileNotFoundError):
                 service_file.unlink()
         return loader.loaded
@@ -200,16 +309,27 @@ class ServiceError(RuntimeError):
     pass
 
 
-def ask_service(address: tuple[str, int], path: str, payload: dict[str, Any]) -> list[Row]:
+def ask_service(
+    address: tuple[str, int],
+    path: str,
+    payload: dict[str, Any],
+    *,
+    key: str | None = None,
+    timeout: float = QueryLimits().timeout,
+) -> list[Row]:
     host, port = address
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(
         f"http://{host}:{port}{path}",
         data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as answer:  # noqa: S310
+        wait = 2 * timeout + CLIENT_MARGIN
+        with urllib.request.urlopen(request, timeout=wait) as answer:  # noqa: S310
             body = json.loads(answer.read())
     except urllib.error.HTTPError as err:
         detail = json.loads(err.read() or b"{}").get("error", str(err))
@@ -226,18 +346,30 @@ def query(
     *,
     clickhouse_url: str | None = None,
     limits: ReportLimits | None = None,
+    query_limits: QueryLimits | None = None,
+    key: str | None = None,
 ) -> list[Row]:
-    """Through the running service when there is one, else straight from the warehouse.
+    """Through the running service when there is one (with `key`, else OFD_ANALYST_KEY or
+    DATA_DIR/analyst.key), else straight from the warehouse, under the same restrictions.
 
     `payload` is {"sql": ...} or {"name": ..., "params": {...}}."""
     path = "/query" if "sql" in payload else "/report"
+    query_limits = query_limits or QueryLimits()
     address = None if clickhouse_url else service_address(data_dir)
     if address is not None:
-        return ask_service(address, path, payload)
+        return ask_service(
+            address,
+            path,
+            payload,
+            key=key or read_analyst_key(data_dir),
+            timeout=query_limits.timeout,
+        )
     warehouse = open_warehouse(path=warehouse_dir(data_dir), url=clickhouse_url)
+    analyst = warehouse.analyst(query_limits)
     try:
         if "sql" in payload:
-            return run_query(warehouse, str(payload["sql"]))
-        return run_report(warehouse, str(payload["name"]), payload.get("params") or {}, limits)
+            return run_query(analyst, str(payload["sql"]))
+        return run_report(analyst, str(payload["name"]), payload.get("params") or {}, limits)
     finally:
+        analyst.close()
         warehouse.close()
