@@ -27,6 +27,7 @@ ofd whoami                                  the caller the key stands for
   Control calls present --key, else OFD_CONTROL_KEY, else the file --key-file
   (default DATA_DIR/operator.key, written by `ofd serve` on first start).
 ofd journal show [--data-dir D]             what the local journal holds
+ofd journal verify [--data-dir D]           check every record of every segment (exit 1: corrupt)
 ofd load | query "SQL" | report ...        the warehouse (see ingest/query_cli.py)
 """
 
@@ -60,8 +61,9 @@ from ingest.settings import (
 )
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
+from ledger.journal import JournalCorrupt
 from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
-from ledger.journal.view import summarize_journal
+from ledger.journal.view import journal_directories, summarize_journal, verify_report
 from ledger.lifecycle import DeviceStatus
 from ofdproto.control.v1 import control_pb2 as pb
 
@@ -118,8 +120,20 @@ def _kafka_from(args: argparse.Namespace) -> KafkaSettings | None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    uvloop.run(serve(_settings_from(args)))
+    settings = _settings_from(args)
+    try:
+        uvloop.run(serve(settings))
+    except JournalCorrupt as err:
+        print(_corrupt_message(err, settings.data_dir, "refusing to start"), file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _corrupt_message(err: JournalCorrupt, data_dir: Path, outcome: str) -> str:
+    return (
+        f"error: {err}; {outcome} (recovery cuts only a torn tail, never acknowledged records);"
+        f" inspect with: ofd journal verify --data-dir {data_dir}"
+    )
 
 
 def _print_message(message: Any, as_json: bool) -> None:
@@ -180,8 +194,27 @@ def _run_journal_show(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         print(f"error: no journal under {directory}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(summarize_journal(directory), indent=2, sort_keys=True))
+    try:
+        summary = summarize_journal(directory)
+    except JournalCorrupt as err:
+        print(_corrupt_message(err, Path(args.data_dir), "stopped there"), file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
+
+
+def _run_journal_verify(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    if not journal_directories(data_dir):
+        print(f"error: no journal under {data_dir / 'journal'}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        lines, intact = verify_report(data_dir)
+    except OSError as err:
+        print(f"error: cannot read the journal: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(lines))
+    return 0 if intact else EXIT_FAILED
 
 
 def _add_serve(sub: Any) -> None:
@@ -428,6 +461,9 @@ def _add_control(sub: Any) -> None:
     p = journal.add_parser("show", help="count what the journal holds")
     p.add_argument("--data-dir", default=_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR)))
     p.set_defaults(run=_run_journal_show)
+    p = journal.add_parser("verify", help="check every record; exit 1 when corrupt")
+    p.add_argument("--data-dir", default=_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR)))
+    p.set_defaults(run=_run_journal_verify)
 
 
 STATUS_CHOICES = {

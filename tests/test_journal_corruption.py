@@ -9,6 +9,8 @@ nothing, and readers raise `JournalCorrupt` instead of pretending the journal en
 import asyncio
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -37,6 +39,7 @@ from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 pytestmark = pytest.mark.adversity
 
+GATEWAY = "gw-1"
 RECORDS = 400
 BATCH = 20
 
@@ -337,3 +340,73 @@ def test_any_flipped_byte_refuses_and_counts_what_follows(
             len(entries) - victim - 1,
         )
         assert path.read_bytes() == before
+
+
+# `ofd journal verify` (and `ofd journal show`) as a person runs them.
+OFD = Path(sys.executable).with_name("ofd")
+
+
+def ofd(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(OFD), "journal", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result
+
+
+def journal_dir(data_dir: Path) -> Path:
+    return data_dir / "journal" / GATEWAY
+
+
+def test_verify_intact(tmp_path: Path) -> None:
+    write(journal_dir(tmp_path), segment_bytes=4000)
+    result = ofd("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(line.endswith("records, intact") for line in lines[:-1])
+    assert sum(int(line.split(": ")[1].split()[0]) for line in lines[:-1]) == RECORDS
+    assert len(lines) > 2
+    assert lines[-1] == f"journal intact: {RECORDS} records in {len(lines) - 1} segments"
+
+
+def test_verify_torn_tail_is_recoverable(tmp_path: Path) -> None:
+    write(journal_dir(tmp_path))
+    path = segment(journal_dir(tmp_path))
+    os.truncate(path, path.stat().st_size - 4)
+    result = ofd("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    first, verdict = result.stdout.splitlines()
+    tail = record_size(entry(RECORDS - 1)) - 4
+    assert first == (
+        f"{path}: {RECORDS - 1} records, then torn tail at offset {starts()[-1]}"
+        f" ({tail} bytes of an incomplete last record): recoverable"
+    )
+    assert verdict.startswith("journal recoverable:")
+
+
+def test_verify_corrupt_names_segment_offset_kind_and_what_follows(tmp_path: Path) -> None:
+    write(journal_dir(tmp_path))
+    path = segment(journal_dir(tmp_path))
+    victim = RECORDS // 2
+    flip(path, starts()[victim] + FIELDS["payload"])
+    result = ofd("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    first, verdict = result.stdout.splitlines()
+    assert first == (
+        f"{path}: {victim} records, then checksum mismatch at offset {starts()[victim]},"
+        f" {RECORDS - victim - 1} valid records after it: CORRUPT"
+    )
+    assert verdict.startswith("journal CORRUPT: damage in 1 segment (of 1); the gateway refuses")
+
+    shown = ofd("show", "--data-dir", str(tmp_path))  # reads it: stops with the same news
+    assert shown.returncode == 1
+    assert shown.stdout == ""
+    assert shown.stderr.count("\n") == 1
+    assert f"checksum mismatch at offset {starts()[victim]}" in shown.stderr
+    assert f"ofd journal verify --data-dir {tmp_path}" in shown.stderr
+
+
+def test_verify_without_a_journal(tmp_path: Path) -> None:
+    result = ofd("verify", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr == f"error: no journal under {tmp_path / 'journal'}\n"
