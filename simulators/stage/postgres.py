@@ -67,10 +67,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 class PostgresServer:
     """One postmaster on 127.0.0.1:port with its data in `directory` (created if absent)."""
 
-    def __init__(self, directory: Path, port: int, *, fast: bool = True) -> None:
+    def __init__(
+        self, directory: Path, port: int, *, fast: bool = True, settings: tuple[str, ...] = ()
+    ) -> None:
         self.directory = directory
         self.port = port
         self.fast = fast
+        self.settings = settings  # extra `name=value` server settings
         self._bin = binaries()
         self._user = _server_user()
         self.log_path = directory.parent / f"{directory.name}.log"
@@ -83,12 +86,14 @@ class PostgresServer:
     # --- lifecycle ---
 
     @classmethod
-    def create(cls, parent: Path | None = None, *, fast: bool = True) -> Self:
+    def create(
+        cls, parent: Path | None = None, *, fast: bool = True, settings: tuple[str, ...] = ()
+    ) -> Self:
         """initdb in a new directory and start on the first free port that binds."""
         directory = Path(tempfile.mkdtemp(prefix="pg-", dir=parent))
         data = directory / "data"
         for port in free_ports(PORTS):
-            server = cls(data, port, fast=fast)
+            server = cls(data, port, fast=fast, settings=settings)
             if not data.exists():
                 server._initdb()
             try:
@@ -148,6 +153,7 @@ class PostgresServer:
         options.append(f"-k {self.directory}")
         if self.fast:
             options += [f"-c {setting}" for setting in FAST_SETTINGS]
+        options += [f"-c {setting}" for setting in self.settings]
         try:
             self._run(
                 "pg_ctl", "start", "-D", str(self.directory), "-l", str(self.log_path),
