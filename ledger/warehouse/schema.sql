@@ -1,8 +1,9 @@
 -- The warehouse schema: one DDL for chDB (embedded) and a ClickHouse server.
 -- `{db}` is replaced by the database name; statements are separated by lines holding only ';'.
 --
--- Shape: the loader inserts one row per document into `documents` (the raw frames plus the
--- decoded receipt, its lines as parallel arrays, and the shift close's two Z reports). Every
+-- Shape: the loader inserts one row per document into `documents` (the raw frames, their header's
+-- device token zeroed: tokens live in PostgreSQL only, plus the decoded receipt, its lines as
+-- parallel arrays, and the shift close's two Z reports). Every
 -- other table is filled by a materialized view from that one insert, so a batch is one INSERT
 -- statement and its rows land (or not) together. Exactly once is by document identity
 -- (device_id, document_id): the loader drops rows whose identity the warehouse already holds
