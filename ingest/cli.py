@@ -52,6 +52,7 @@ from ingest.query_cli import add_warehouse_commands
 from ingest.settings import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_DATA_DIR,
+    DEFAULT_GATEWAY_ID,
     DEFAULT_GRPC_PORT,
     DEFAULT_TCP_PORT,
     LOG_LEVELS,
@@ -78,6 +79,12 @@ def _env(name: str, default: str) -> str:
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     data_dir = Path(args.data_dir)
+    if args.gateway_id != DEFAULT_GATEWAY_ID and not (args.secret_file or args.secret_hex):
+        # A secret made in this data directory would sign differently from the other gateways'.
+        raise ValueError(
+            f"--gateway-id {args.gateway_id} makes this one of several gateways: give every"
+            " one the same --secret-file"
+        )
     return Settings(
         data_dir=data_dir,
         database_url=args.database_url or None,
@@ -237,6 +244,13 @@ def _add_serve(sub: Any) -> None:
         help="address of the operator control API, apart from --host (default: loopback)",
     )
     serve.add_argument(
+        "--control-auth-failures",
+        type=int,
+        default=int(_env("OFD_CONTROL_AUTH_FAILURES", "20")),
+        help="failed control keys one address may have per minute before it is refused for"
+        " the rest of the minute (default 20)",
+    )
+    serve.add_argument(
         "--control-port",
         type=int,
         default=int(_env("OFD_CONTROL_PORT", str(DEFAULT_CONTROL_PORT))),
@@ -271,13 +285,6 @@ def _add_serve(sub: Any) -> None:
         choices=JOURNALS,
         default=_env("OFD_JOURNAL", "local"),
         help="where documents are journaled: files in DATA_DIR (default) or a Kafka topic",
-    )
-    serve.add_argument(
-        "--control-auth-failures",
-        type=int,
-        default=int(_env("OFD_CONTROL_AUTH_FAILURES", "20")),
-        help="failed control keys one address may have per minute before it is refused for"
-        " the rest of the minute (default 20)",
     )
     serve.add_argument(
         "--kafka-bootstrap",

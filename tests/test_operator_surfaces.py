@@ -116,3 +116,17 @@ def test_a_bad_secret_file_is_one_line(tmp_path: Path, content: str | None, mess
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_one_of_several_gateways_needs_the_shared_secret(tmp_path: Path) -> None:
+    """A gateway id says there are others: a secret made in this data directory would sign
+    differently from theirs, so start refuses it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--gateway-id", "gw7"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "give every one the same --secret-file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "secret").exists()
