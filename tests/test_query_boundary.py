@@ -26,12 +26,15 @@ from typing import ClassVar
 import pytest
 from warehouse_journal import receipt_record, write_journal
 
-from ledger.warehouse.backends import QueryLimits, open_warehouse
-from ledger.warehouse.reports import QueryRefused, run_query, run_report
+from ledger.warehouse.backends import QueryLimits, Row, open_warehouse
+from ledger.warehouse.reports import QueryRefused, ReportLimits, run_query, run_report
 from ledger.warehouse.service import (
     KEY_FILE,
     ServiceError,
     ServiceSettings,
+    _handler,
+    _key_hash,
+    ask_service,
     query,
     service_address,
     warehouse_dir,
@@ -379,3 +382,44 @@ def test_the_engine_refuses_without_the_parser_check(tmp_path: Path) -> None:
     finally:
         analyst.close()
         warehouse.close()
+
+
+class _StuckAnalyst:
+    """An analyst whose queries hang until released: the cap, without chDB's timing."""
+
+    database = DB
+
+    def __init__(self, limits: QueryLimits) -> None:
+        self.limits = limits
+        self.release = threading.Event()
+
+    def select(self, sql: str, params: object = None, *, answer_limits: bool = True) -> list[Row]:
+        self.release.wait(30)
+        return [{"statement": "SELECT 1", "explain": "SelectWithUnionQuery", "name": "x"}]
+
+    def close(self) -> None:
+        pass
+
+
+def test_queries_past_the_concurrency_cap_get_503() -> None:
+    analyst = _StuckAnalyst(QueryLimits(timeout=0.5, concurrency=1))
+    handler = _handler(analyst, ReportLimits(), _key_hash("k"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = ("127.0.0.1", server.server_address[1])
+    first: list[object] = []
+    try:
+        holder = threading.Thread(
+            target=lambda: first.append(ask_service(address, "/query", {"sql": "x"}, key="k"))
+        )
+        holder.start()
+        time.sleep(0.2)
+        with pytest.raises(ServiceError, match="1 queries running"):
+            ask_service(address, "/query", {"sql": "x"}, key="k", timeout=0.5)
+        analyst.release.set()
+        holder.join(10)
+        assert first  # the one holding the slot was answered
+    finally:
+        analyst.release.set()
+        server.shutdown()
+        server.server_close()
