@@ -29,7 +29,7 @@ from ledger.wire import ResultCode
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import DeviceOffline, SimulatedKkm
 from simulators.receipts import Request, build_ticket, random_lines
-from simulators.stage.processes import ServerProcess, stop
+from simulators.stage.processes import ServerFailed, ServerProcess, stop
 from simulators.stage.processes import start_gateway as start_gateway_process
 
 pytestmark = pytest.mark.slow
@@ -267,6 +267,82 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_receipt_and_no_token(
 
         assert await asyncio.to_thread(stop, gateway, STOP_TIMEOUT) == 0
         for log in log_paths:
+            assert "Traceback" not in read_log(log), read_log(log)
+    finally:
+        for process in processes:
+            await asyncio.to_thread(stop, process, STOP_TIMEOUT)
+
+
+async def sell(device: Device, receipts: int) -> None:
+    for _ in range(receipts):
+        number = device.next_document
+        response = await device.kkm.send(ticket_for(device, number))
+        assert response.result.result_code == ResultCode.OK, response.result.result_text
+        device.acked[device.document_id(number)] = response.ticket.ticket_number
+        device.next_document += 1
+
+
+@pytest.mark.adversity
+async def test_flipped_journal_byte_refuses_to_start_and_loses_no_receipt(
+    tmp_path: Path, database_url: str
+) -> None:
+    """One byte flipped in the middle of the live segment (issue 11): the restart used to cut
+    the segment there, silently. Now the gateway refuses to start, naming the segment, the
+    offset and `ofd journal verify`; the segment is left as it was, and once the byte is
+    restored every acknowledged receipt is there."""
+    registered = [await register_device(database_url) for _ in range(4)]
+    data_dir = tmp_path / "data"
+    journal_root = data_dir / "journal"
+    journal_dir = journal_root / GATEWAY_ID
+    logs = [tmp_path / f"gateway-{n}.log" for n in range(3)]
+    gateway = await start_gateway(data_dir, database_url, logs[0])
+    processes = [gateway]
+    try:
+        devices = [
+            Device(
+                SimulatedKkm("127.0.0.1", gateway.port, version=203, system_id=r.system_id,
+                             token=r.token, retries=0, timeout=REQUEST_TIMEOUT),
+                random.Random(r.system_id),
+            )
+            for r in registered
+        ]  # fmt: skip
+        async with asyncio.timeout(BURST_TIMEOUT), asyncio.TaskGroup() as tasks:
+            for device in devices:
+                tasks.create_task(sell(device, 25))
+        assert await asyncio.to_thread(stop, gateway, STOP_TIMEOUT) == 0
+
+        (segment,) = sorted(journal_dir.glob("*.seg"))
+        ends = [position for position, _ in JournalReader(journal_dir).read()]
+        assert len(ends) == 100
+        victim = ends[49]  # where the 51st record starts: 49 intact records follow it
+        segment_bytes = bytearray(segment.read_bytes())
+        segment_bytes[victim + RECORD_HEADER.size + 3] ^= 0x01  # a payload byte
+        segment.write_bytes(bytes(segment_bytes))
+
+        with pytest.raises(ServerFailed, match="exited with 1"):
+            processes.append(await start_gateway(data_dir, database_url, logs[1]))
+        refusal = read_log(logs[1])
+        assert "Traceback" not in refusal, refusal
+        assert (
+            f"error: journal segment {segment}: checksum mismatch at offset {victim},"
+            " 49 intact records after it; refusing to start (recovery cuts only a torn tail,"
+            f" never acknowledged records); inspect with: ofd journal verify --data-dir {data_dir}"
+        ) in refusal.splitlines(), refusal
+        assert segment.read_bytes() == bytes(segment_bytes), "nothing was cut"
+
+        segment_bytes[victim + RECORD_HEADER.size + 3] ^= 0x01  # a person restores the byte
+        segment.write_bytes(bytes(segment_bytes))
+        gateway = await start_gateway(data_dir, database_url, logs[2])
+        processes.append(gateway)
+        assert_journaled_once(journal_root, devices)
+        journaled = records_by_document(journal_root)
+        assert set(journaled) == {doc for d in devices for doc in d.acked}
+        async with asyncio.timeout(BURST_TIMEOUT), asyncio.TaskGroup() as tasks:
+            for device in devices:
+                device.kkm.port = gateway.port
+                tasks.create_task(sell(device, 1))  # and the devices sell on
+        assert await asyncio.to_thread(stop, gateway, STOP_TIMEOUT) == 0
+        for log in (logs[0], logs[2]):
             assert "Traceback" not in read_log(log), read_log(log)
     finally:
         for process in processes:
