@@ -61,6 +61,7 @@ from ingest.settings import (
     load_secret,
 )
 from ingest.tcp_server import ServerSettings
+from ledger.errors import OfdError
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal import JournalCorrupt
 from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
@@ -637,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OfdError as err:  # refused on purpose, with a message that says why
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 

@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger.errors import InvalidRequest
+
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 RESULT_OK, VERSION_IS_ACTUAL, NO_VERSION, NOT_FOUND_BY_BARCODE = 0, 1, 2, 3
@@ -36,7 +38,7 @@ _TEXT_FIELDS = ("title", "title_kk", "article", "barcode", "description", "measu
 MAX_VERSION = 2**31 - 1
 
 
-class CatalogueError(ValueError):
+class CatalogueError(InvalidRequest):
     """A catalogue that cannot be published as given."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger.errors import InvalidRequest
+
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 PAYMASTER, CHIEF_PAYMASTER, ADMINISTRATOR = 1, 2, 3  # UserRoleEnum
@@ -33,7 +35,7 @@ MAX_PASSWORD = 256  # characters: bounds the work one request can ask for
 SCHEME = "scrypt"
 
 
-class OperatorError(ValueError):
+class OperatorError(InvalidRequest):
     """An operator that cannot be added as given."""
 
 

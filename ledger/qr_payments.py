@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ledger.errors import OfdError
+
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 NEW, SCANNED, BLOCKED, AUTH, PAID, REJECTED, WAIT = range(7)  # StatusTypeEnum
@@ -34,7 +36,7 @@ TRANSITIONS: dict[int, frozenset[int]] = {
 MAX_AMOUNT = 10**15  # tiyn: anything above is not a purchase
 
 
-class QrError(ValueError):
+class QrError(OfdError):
     """A QR request or status change that cannot be carried out."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from ledger.errors import OfdError
 from ledger.warehouse.backends import Analyst, Reader, Row
 
 MAX_SQL_CHARS = 100_000
@@ -49,7 +50,7 @@ GENERATORS = frozenset(
 SCALAR_FUNCTIONS_REFUSED = frozenset({"file"})  # reads any path in chDB, readonly or not
 
 
-class QueryRefused(ValueError):
+class QueryRefused(OfdError):
     """The SQL is not a single reading statement, or a report's parameters are out of bounds."""
 
 

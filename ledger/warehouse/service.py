@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open_warehouse
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
@@ -305,8 +306,8 @@ def service_address(data_dir: Path) -> tuple[str, int] | None:
     return str(info["host"]), int(info["port"])
 
 
-class ServiceError(RuntimeError):
-    pass
+class ServiceError(OfdError):
+    """The query service cannot be reached or answered with an error."""
 
 
 def ask_service(
