@@ -19,7 +19,7 @@ from ingest.grpc_ingest import GrpcIngest
 from ingest.journals import open_journal
 from ingest.logs import configure_logging
 from ingest.metrics import GatewayMetrics
-from ingest.notifications import MqttSettings, Notifier, scan_forever
+from ingest.notifications import Notifier, scan_forever
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.process import make_files_private, warn_if_root
 from ingest.settings import Settings
@@ -137,11 +137,8 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         )
         metrics.watch_shifts(pipeline.shift_stats)
         metrics.watch_offline(pool)
-        notifier = (
-            None
-            if settings.mqtt_url is None
-            else Notifier(MqttSettings.from_url(settings.mqtt_url, settings.gateway_id))
-        )
+        mqtt = settings.mqtt()
+        notifier = None if mqtt is None else Notifier(mqtt)
         if notifier is not None:
             pipeline.on_event = notifier.publish
             metrics.watch_notifier(notifier.stats)

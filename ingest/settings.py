@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ingest.commands import FiscalSettings
 from ingest.limits import DEFAULT_CONTROL_AUTH_FAILURES, FailureBudget
+from ingest.notifications import MqttSettings
 from ingest.tcp_server import ServerSettings
 from ledger.group_commit import CommitSettings
 from ledger.journal.kafka import KafkaSettings
@@ -64,6 +65,13 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        self.mqtt()  # a bad MQTT URL is refused here, before any database is opened
+
+    def mqtt(self) -> MqttSettings | None:
+        """The notifier's section of these settings (None: no notifications)."""
+        if self.mqtt_url is None:
+            return None
+        return MqttSettings.from_url(self.mqtt_url, self.gateway_id)
 
     @property
     def journal_dir(self) -> Path:

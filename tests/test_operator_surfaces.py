@@ -130,3 +130,15 @@ def test_one_of_several_gateways_needs_the_shared_secret(tmp_path: Path) -> None
     assert "give every one the same --secret-file" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data" / "secret").exists()
+
+
+def test_a_bad_mqtt_url_is_refused_before_the_database_is_opened(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--mqtt-url", "http://broker:1883"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "an MQTT URL looks like mqtt://host:1883" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "pg").exists()  # the embedded PostgreSQL never started
