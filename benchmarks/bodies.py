@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ingest.commands import FiscalSettings, RequestContext, handle_ticket
+from ledger.commands import RequestContext, handle_ticket
 from ledger.device_state import DeviceState, RegInfo
+from ledger.fiscal import FiscalSettings
 from ledger.lifecycle import DeviceStatus
 from ledger.schemas import SCHEMAS
 from ledger.wire import KZ_TIME, Command

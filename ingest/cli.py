@@ -44,7 +44,6 @@ import uvloop
 from google.protobuf.json_format import MessageToDict
 
 from ingest.app import serve
-from ingest.commands import FiscalSettings
 from ingest.control.client import ControlClient, find_key
 from ingest.limits import FailureBudget
 from ingest.metrics import DEFAULT_METRICS_PORT
@@ -62,6 +61,7 @@ from ingest.settings import (
 )
 from ingest.tcp_server import ServerSettings
 from ledger.errors import OfdError
+from ledger.fiscal import FiscalSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
 from ledger.journal import JournalCorrupt
 from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings

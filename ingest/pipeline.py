@@ -3,7 +3,7 @@
     parse -> session rules (id, token, request number, retry) -> [prepare] -> command handler
           -> group commit (journal + device state) -> answer
 
-`prepare` (ingest/prepare.py) reads what an offline receipt or a catalogue, login or QR command
+`prepare` (ledger/prepare.py) reads what an offline receipt or a catalogue, login or QR command
 needs from PostgreSQL; an online receipt skips it.
 
 Device state is cached in process memory only as a hint: every success is checked by the
@@ -23,15 +23,15 @@ import structlog
 
 from ingest.body import parse_request, peek_command, refusal_frame, response_frame
 from ingest.codec import Frame, FrameHeader, encode
-from ingest.commands import FiscalSettings, Outcome, RequestContext, handler_for
 from ingest.notifications import Notify, no_notify
-from ingest.prepare import needs_preparing, prepare
+from ledger.commands import Outcome, RequestContext, handler_for
 from ledger.device_state import DeviceState, RegInfo, ShiftReport
 from ledger.errors import Refusal, SinkError, StateConflict
-from ledger.fiscal import next_token
+from ledger.fiscal import FiscalSettings, next_token
 from ledger.group_commit import GroupCommitter
 from ledger.journal import JournalEntry
 from ledger.offline import OfflineWrite
+from ledger.prepare import needs_preparing, prepare
 from ledger.schemas import SCHEMAS
 from ledger.session import Verdict, check_session
 from ledger.software import SoftwareSeen

@@ -9,10 +9,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.commands import FiscalSettings
 from ingest.limits import DEFAULT_CONTROL_AUTH_FAILURES, FailureBudget
 from ingest.notifications import MqttSettings
 from ingest.tcp_server import ServerSettings
+from ledger.fiscal import FiscalSettings
 from ledger.group_commit import CommitSettings
 from ledger.journal.kafka import KafkaSettings
 

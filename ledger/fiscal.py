@@ -8,6 +8,17 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+
+
+@dataclass(frozen=True, slots=True)
+class FiscalSettings:
+    secret: bytes
+    qr_base_url: str = "http://consumer.oofd.kz"
+    ofd_title: str = "OFD Gateway"
+    ofd_title_kz: str = "OFD Gateway"
+    ofd_url: str = "http://consumer.oofd.kz"
+
+
 FISCAL_SIGN_DIGITS = 10  # like the signs real OFDs print: ten decimal digits
 _SIGN_FLOOR = 10 ** (FISCAL_SIGN_DIGITS - 1)
 _SIGN_SPAN = 9 * _SIGN_FLOOR

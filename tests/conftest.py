@@ -22,10 +22,10 @@ import pytest
 import structlog
 
 from ingest.app import RunningGateway, running_gateway
-from ingest.commands import FiscalSettings
 from ingest.settings import Settings
 from ingest.tcp_server import ServerSettings
 from ledger import registry
+from ledger.fiscal import FiscalSettings
 from ledger.group_commit import CommitSettings
 from ledger.lifecycle import DeviceStatus
 from ledger.migrate import migrate

@@ -20,10 +20,11 @@ from wire import kkm_for
 
 from ingest.app import RunningGateway
 from ingest.codec import FrameHeader
-from ingest.commands import FiscalSettings, RequestContext, handler_for
 from ingest.pipeline import next_state
+from ledger.commands import RequestContext, handler_for
 from ledger.device_state import DeviceState, RegInfo
 from ledger.errors import Refusal
+from ledger.fiscal import FiscalSettings
 from ledger.lifecycle import DeviceStatus
 from ledger.schemas import SCHEMAS
 from ledger.tally import inconsistencies

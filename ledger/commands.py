@@ -11,7 +11,7 @@ tally that outgrew its storage is one refused request, never a failed batch.
 Offline documents (`ledger.offline`) widen the device's open offline window and the first online
 one closes it; an offline receipt whose number is already held is the same document again
 (answered as before, counted once) or, with other content, refused. NOMENCLATURE, AUTH,
-QR_GENERATE and QR_GET_STATUS answer from what `ingest.prepare` read for them
+QR_GENERATE and QR_GET_STATUS answer from what `ledger.prepare` read for them
 (`RequestContext.prepared`), and like SYSTEM, REPORT and INFO never rotate the token.
 """
 
@@ -20,11 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.device_state import DeviceState, ShiftReport
 from ledger.errors import Refusal
-from ledger.fiscal import DocumentIdentity, fiscal_sign, qr_url, request_key, ticket_identity
+from ledger.fiscal import (
+    DocumentIdentity,
+    FiscalSettings,
+    fiscal_sign,
+    qr_url,
+    request_key,
+    ticket_identity,
+)
 from ledger.nomenclature import NOT_FOUND_BY_BARCODE, CatalogueAnswer
 from ledger.nomenclature import fill as fill_catalogue
 from ledger.offline import CLOSE, OfflineTicket, OfflineWrite, digest_of, widen
@@ -40,13 +47,11 @@ from ledger.zx_report import REPORT_X, REPORT_Z, compare, read_date_time, render
 AUTH_OK, AUTH_INVALID_LOGIN_PASSWORD = 0, 1  # AuthResponse.ResultTypeEnum
 
 
-@dataclass(frozen=True, slots=True)
-class FiscalSettings:
-    secret: bytes
-    qr_base_url: str = "http://consumer.oofd.kz"
-    ofd_title: str = "OFD Gateway"
-    ofd_title_kz: str = "OFD Gateway"
-    ofd_url: str = "http://consumer.oofd.kz"
+_T = TypeVar("_T")
+
+# What ledger.prepare may have read for a request: the stored offline receipt of the same number,
+# the catalogue, the operator (None: no such login), the payment QR.
+Prepared = OfflineTicket | CatalogueAnswer | Operator | QrPayment | None
 
 
 # RequestContext, Document and Outcome are made on every request: not frozen, because a frozen
@@ -59,9 +64,8 @@ class RequestContext:
     token: int
     request_number: int
     fiscal: FiscalSettings
-    # What the pipeline read for this request before the handler (handlers do no I/O): the
-    # stored offline receipt of the same number, the catalogue, the operator, the payment QR.
-    prepared: Any = None
+    # What the pipeline read for this request before the handler (handlers do no I/O).
+    prepared: Prepared = None
 
 
 @dataclass(slots=True)
@@ -227,8 +231,8 @@ def handle_ticket(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     digest = b""
     if offline_number:
         digest = digest_of(ticket)
-        seen: OfflineTicket | None = ctx.prepared
-        if seen is not None:
+        seen = ctx.prepared
+        if isinstance(seen, OfflineTicket):
             return _offline_again(ctx, state, seen, digest, total=total, when=when)
     # Each read of a protobuf field costs a lookup by name: read once.
     shift_number: int = ticket.fr_shift_number
@@ -422,10 +426,22 @@ def handle_report(ctx: RequestContext, state: DeviceState, request: Any) -> Outc
     return Outcome(response, rotates_token=False)
 
 
+def _unprepared(ctx: RequestContext, kind: type) -> TypeError:
+    return TypeError(f"the pipeline prepared {type(ctx.prepared).__name__}, not {kind.__name__}")
+
+
+def _prepared(ctx: RequestContext, kind: type[_T]) -> _T:
+    """What ledger.prepare read for this command; anything else is a wiring bug."""
+    value = ctx.prepared
+    if not isinstance(value, kind):
+        raise _unprepared(ctx, kind)
+    return value
+
+
 def handle_nomenclature(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
-    """The catalogue as `ingest.prepare` read it (ledger/nomenclature.py says the results)."""
+    """The catalogue as `ledger.prepare` read it (ledger/nomenclature.py says the results)."""
     del state, request
-    answer: CatalogueAnswer = ctx.prepared
+    answer = _prepared(ctx, CatalogueAnswer)
     response = _ok(ctx, Command.NOMENCLATURE)
     fill_catalogue(response.nomenclature, answer)
     if answer.result == NOT_FOUND_BY_BARCODE and ctx.version == 203:
@@ -437,7 +453,9 @@ def handle_nomenclature(ctx: RequestContext, state: DeviceState, request: Any) -
 def handle_auth(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
     """The operator the login and password are (ledger/operators.py), or code 12."""
     del state, request
-    operator: Operator | None = ctx.prepared
+    operator = ctx.prepared
+    if not isinstance(operator, Operator | None):
+        raise _unprepared(ctx, Operator)
     response = _ok(ctx, Command.AUTH)
     auth = response.auth
     if operator is None:
@@ -454,9 +472,9 @@ def handle_auth(ctx: RequestContext, state: DeviceState, request: Any) -> Outcom
 
 
 def handle_qr(ctx: RequestContext, state: DeviceState, request: Any) -> Outcome:
-    """QR_GENERATE and QR_GET_STATUS (2.0.4): the payment as `ingest.prepare` stored or read it."""
+    """QR_GENERATE and QR_GET_STATUS (2.0.4): the payment as `ledger.prepare` stored or read it."""
     del state
-    payment: QrPayment = ctx.prepared
+    payment = _prepared(ctx, QrPayment)
     response = _ok(ctx, request.command)
     response.qr.qr_code = payment.qr_code
     response.qr.status = payment.status

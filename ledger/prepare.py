@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from ingest.commands import FiscalSettings
 from ledger.device_state import DeviceState
 from ledger.errors import SinkError
+from ledger.fiscal import FiscalSettings
 from ledger.nomenclature import answer_for
 from ledger.offline import find_offline_ticket
 from ledger.operators import authenticate, find_operator
