@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 
-
 @dataclass(frozen=True, slots=True)
 class FiscalSettings:
     secret: bytes
