@@ -1,7 +1,7 @@
 """`ofd load`, `ofd query` and `ofd report`: the warehouse from the command line.
 
 ofd load [--data-dir D] [--clickhouse-url URL]   own the warehouse: load the journal, answer queries
-ofd query "SELECT ..." [--format table|csv|json] read-only SQL
+ofd query "select ..." [--format table|csv|json] read-only SQL
 ofd report receipts --device ID (--shift N | --from DAY [--to DAY])
 ofd report zx --device ID --from DAY [--to DAY]
 ofd report summary --device ID [--device ID ...] --from DAY [--to DAY]
