@@ -22,6 +22,8 @@ from ledger.errors import (
     PreconditionFailed,
     RegistryError,
 )
+from ledger.kgd import ApplicationKind
+from ledger.kgd.filing import close_open, file_application
 from ledger.lifecycle import TRANSITIONS, Action, DeviceStatus
 from ledger.state_store import Conn
 
@@ -239,6 +241,8 @@ async def add_device(conn: Conn, device: Device) -> Device:
                 device.trade_point_id,
             )
             await conn.execute("INSERT INTO device_state (system_id) VALUES ($1)", system_id)
+            # The register is registered only once the KGD accepts this (ledger/kgd).
+            await file_application(conn, system_id, ApplicationKind.REGISTRATION)
     except asyncpg.PostgresError as err:
         raise _translate(err) from err
     return Device(
@@ -392,7 +396,25 @@ async def transition(
         except asyncpg.PostgresError as err:
             raise _translate(err) from err
         await _bump(conn, system_id)
+        await _kgd_application(conn, system_id, action)
     return await get_device(conn, system_id)
+
+
+# Actions that ask the KGD: the device waits in its new status for the KGD's decision.
+APPLYING = {
+    Action.REQUEST_DEREGISTRATION: ApplicationKind.DEREGISTRATION,
+    Action.REREGISTER: ApplicationKind.REREGISTRATION,
+}
+
+
+async def _kgd_application(conn: Conn, system_id: int, action: Action) -> None:
+    """Files the KGD application an action asks for; any other action settles the device's
+    open application (the KGD's decision carried out, or an operator's override of it)."""
+    kind = APPLYING.get(action)
+    if kind is not None:
+        await file_application(conn, system_id, kind)
+    else:
+        await close_open(conn, system_id)
 
 
 async def set_blocked(conn: Conn, system_id: int, blocked: bool, message: str = "") -> Device:

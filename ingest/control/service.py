@@ -52,6 +52,7 @@ from ledger.errors import (
     TooManyFailures,
     Unauthenticated,
 )
+from ledger.kgd.filing import latest_application
 from ledger.lifecycle import Action, DeviceStatus
 from ledger.state_store import DATABASE_ERRORS, Conn, load_state
 from ofdproto.control.v1 import control_pb2 as pb
@@ -273,7 +274,13 @@ class ControlService:
         return device_pb(added)
 
     async def _transition(
-        self, caller: Caller, method: str, system_id: int, action: Action, trade_point_id: int = 0
+        self,
+        caller: Caller,
+        method: str,
+        system_id: int,
+        action: Action,
+        trade_point_id: int = 0,
+        **detail: object,
     ) -> pb.Device:
         async with self._pool.acquire() as conn:
             # Scope first: a caller that may not reach the device learns nothing of its status.
@@ -292,6 +299,7 @@ class ControlService:
                     system_id,
                     status=device.status.value,
                     point=device.trade_point_id,
+                    **detail,
                 )
         self._changed(system_id)
         self._notify(
@@ -302,7 +310,11 @@ class ControlService:
         return device_pb(device)
 
     async def ActivateDevice(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
-        return await self._transition(caller, "ActivateDevice", req.system_id, Action.ACTIVATE)
+        # Registration is the KGD's to accept (ledger/kgd/applications.py); an operator's
+        # activation overrides it, and the audit log says so.
+        return await self._transition(
+            caller, "ActivateDevice", req.system_id, Action.ACTIVATE, override="kgd_application"
+        )
 
     async def RequestDeregistration(self, req: pb.DeviceRef, caller: Caller) -> pb.Device:  # noqa: N802
         return await self._transition(
@@ -399,6 +411,7 @@ class ControlService:
             device = await registry.get_device(conn, req.system_id)
             state = await load_state(conn, req.system_id, timeout=CALL_TIMEOUT)
             reported = await registry.reported_by_device(conn, req.system_id)
+            application = await latest_application(conn, req.system_id)
         assert state is not None  # a device always has its state row
         opened = state.tally.opened_at if state.shift_open else None
         return pb.DeviceState(
@@ -418,6 +431,10 @@ class ControlService:
             offline_since=iso(reported.offline_since),
             offline_until=iso(reported.offline_until),
             software=reported.software,
+            kgd_application_kind=application.kind.value if application else "",
+            kgd_application_status=application.status if application else "",
+            kgd_application_reason=application.reason if application else "",
+            kgd_application_error=application.last_error if application else "",
         )
 
     async def ListDevices(self, req: pb.DeviceFilter, caller: Caller) -> pb.DeviceList:  # noqa: N802

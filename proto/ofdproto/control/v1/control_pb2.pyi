@@ -104,7 +104,7 @@ class TokenIssued(_message.Message):
     def __init__(self, system_id: _Optional[int] = ..., token: _Optional[int] = ...) -> None: ...
 
 class DeviceState(_message.Message):
-    __slots__ = ("device", "token", "has_last_request", "last_request_number", "last_command", "shift_number", "shift_open", "last_document_shift", "last_document_number", "documents_accepted", "last_contact_us", "protocol_version", "shift_opened_at", "offline_since", "offline_until", "software")
+    __slots__ = ("device", "token", "has_last_request", "last_request_number", "last_command", "shift_number", "shift_open", "last_document_shift", "last_document_number", "documents_accepted", "last_contact_us", "protocol_version", "shift_opened_at", "offline_since", "offline_until", "software", "kgd_application_kind", "kgd_application_status", "kgd_application_reason", "kgd_application_error")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     HAS_LAST_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,10 @@ class DeviceState(_message.Message):
     OFFLINE_SINCE_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_UNTIL_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_FIELD_NUMBER: _ClassVar[int]
+    KGD_APPLICATION_KIND_FIELD_NUMBER: _ClassVar[int]
+    KGD_APPLICATION_STATUS_FIELD_NUMBER: _ClassVar[int]
+    KGD_APPLICATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    KGD_APPLICATION_ERROR_FIELD_NUMBER: _ClassVar[int]
     device: Device
     token: int
     has_last_request: bool
@@ -137,7 +141,11 @@ class DeviceState(_message.Message):
     offline_since: str
     offline_until: str
     software: str
-    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., token: _Optional[int] = ..., has_last_request: _Optional[bool] = ..., last_request_number: _Optional[int] = ..., last_command: _Optional[int] = ..., shift_number: _Optional[int] = ..., shift_open: _Optional[bool] = ..., last_document_shift: _Optional[int] = ..., last_document_number: _Optional[int] = ..., documents_accepted: _Optional[int] = ..., last_contact_us: _Optional[int] = ..., protocol_version: _Optional[int] = ..., shift_opened_at: _Optional[str] = ..., offline_since: _Optional[str] = ..., offline_until: _Optional[str] = ..., software: _Optional[str] = ...) -> None: ...
+    kgd_application_kind: str
+    kgd_application_status: str
+    kgd_application_reason: str
+    kgd_application_error: str
+    def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., token: _Optional[int] = ..., has_last_request: _Optional[bool] = ..., last_request_number: _Optional[int] = ..., last_command: _Optional[int] = ..., shift_number: _Optional[int] = ..., shift_open: _Optional[bool] = ..., last_document_shift: _Optional[int] = ..., last_document_number: _Optional[int] = ..., documents_accepted: _Optional[int] = ..., last_contact_us: _Optional[int] = ..., protocol_version: _Optional[int] = ..., shift_opened_at: _Optional[str] = ..., offline_since: _Optional[str] = ..., offline_until: _Optional[str] = ..., software: _Optional[str] = ..., kgd_application_kind: _Optional[str] = ..., kgd_application_status: _Optional[str] = ..., kgd_application_reason: _Optional[str] = ..., kgd_application_error: _Optional[str] = ...) -> None: ...
 
 class Reregistration(_message.Message):
     __slots__ = ("system_id", "trade_point_id")
