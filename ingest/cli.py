@@ -29,6 +29,7 @@ ofd whoami                                  the caller the key stands for
 ofd journal show [--data-dir D]             what the local journal holds
 ofd journal verify [--data-dir D]           check every record of every segment (exit 1: corrupt)
 ofd load | query "SQL" | report ...        the warehouse (see ingest/query_cli.py)
+ofd forward --kgd-url URL | kgd status     the tax authority (see ingest/kgd_cli.py)
 """
 
 import argparse
@@ -45,6 +46,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ingest.app import serve
 from ingest.control.client import ControlClient, find_key
+from ingest.kgd_cli import add_kgd_commands
 from ingest.limits import FailureBudget
 from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.query_cli import add_warehouse_commands
@@ -628,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_control(sub)
     add_warehouse_commands(sub)
+    add_kgd_commands(sub)
     return parser
 
 

@@ -115,7 +115,11 @@ async def test_accepted_application_registers_the_device(stage: Stage) -> None:
     (filed,) = [a.body for a in stage.kgd.applications.values()]
     assert filed["kind"] == "registration"
     assert filed["system_id"] == system_id
-    assert (filed["serial_number"], filed["model"], filed["year"]) == ("SN-ACCEPT", "Test KKM", 2025)
+    assert (filed["serial_number"], filed["model"], filed["year"]) == (
+        "SN-ACCEPT",
+        "Test KKM",
+        2025,
+    )
     assert filed["organization"]["iin"] == "180540012345"
     assert (filed["trade_point"]["latitude"], filed["trade_point"]["longitude"]) == (
         43238949,
