@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -19,6 +19,9 @@ from ingest.codec import Frame, FrameHeader
 from ingest.metrics import GatewayMetrics
 from ingest.tcp_server import ServerStats
 from ledger.errors import Refusal
+from ledger.kgd.applications import ApplicationSettings, ApplicationWorker
+from ledger.kgd.forwarder import Forwarder, SourceState
+from ledger.kgd.metrics import ForwarderMetrics
 from ledger.warehouse.loader import DUPLICATES, FRESHNESS, LAG, LOADED
 from ledger.wire import Command, ResultCode
 
@@ -73,6 +76,14 @@ def exported() -> dict[str, set[str]]:
     finally:
         for gauge in LAG.values():
             gauge.remove("kafka:t:0")
+    # The KGD forwarder's (`ofd forward` serves them), with one source held.
+    forwarder = Forwarder(cast(Any, None), cast(Any, None), list)
+    forwarder.states["local:gw1"] = SourceState("local:gw1", "bytes", 0)
+    kgd = ForwarderMetrics()
+    kgd.watch(forwarder, ApplicationWorker(cast(Any, None), cast(Any, None), ApplicationSettings()))
+    for family in kgd.registry.collect():
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
     return names
 
 
