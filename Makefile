@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup proto proto-check demo serve test lint bench clean
+.PHONY: setup proto proto-check demo serve test lint bench clean kafka-jars
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ofd serve
+
+# Apache Kafka's server jars from Maven Central into ~/.cache/ofd-gateway/kafka/<version>
+# (OFD_KAFKA_HOME replaces ~/.cache/ofd-gateway/kafka); the tests fetch them on first use too.
+kafka-jars: $(STAMP)
+	$(BIN)/python -m simulators.stage.kafka fetch
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
