@@ -8,11 +8,15 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.receipt_check import DEFAULT_CHECK_URL
+
 
 @dataclass(frozen=True, slots=True)
 class FiscalSettings:
     secret: bytes
-    qr_base_url: str = "http://consumer.oofd.kz"
+    # The receipt check printed as each receipt's QR code: by default this deployment's own
+    # (`ofd web`), since another operator's host would never find these receipts.
+    qr_base_url: str = DEFAULT_CHECK_URL
     ofd_title: str = "OFD Gateway"
     ofd_title_kz: str = "OFD Gateway"
     ofd_url: str = "http://consumer.oofd.kz"

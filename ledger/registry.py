@@ -552,3 +552,33 @@ async def organization_of_point(conn: Conn, point_id: int) -> int | None:
         "SELECT organization_id FROM trade_points WHERE id = $1", point_id
     )
     return value
+
+
+async def delete_trade_point(conn: Conn, point_id: int) -> None:
+    """Deletes a trade point in which no device stands (nor ever stood: a deregistered device
+    still names the point it was registered in, and its documents name it in the warehouse)."""
+    async with conn.transaction():
+        found = await conn.fetchval(
+            "SELECT id FROM trade_points WHERE id = $1 FOR UPDATE", point_id
+        )
+        if found is None:
+            raise NotFound(f"no trade point {point_id}")
+        # Under the point's row lock: a device added at the same time waits for it (the
+        # devices' foreign key locks the row it refers to), then finds the point gone.
+        if await conn.fetchval("SELECT 1 FROM devices WHERE trade_point_id = $1 LIMIT 1", point_id):
+            raise PreconditionFailed(f"a cash register stands in trade point {point_id}")
+        try:
+            await conn.execute("DELETE FROM trade_points WHERE id = $1", point_id)
+        except asyncpg.ForeignKeyViolationError as err:  # e.g. a control key narrowed to it
+            raise PreconditionFailed(
+                f"trade point {point_id} is still referred to: {err.detail}"
+            ) from err
+
+
+async def device_by_kgd_number(conn: Conn, kgd_registration_number: str) -> Device | None:
+    """The device with this KGD registration number (printed on its receipts), if any."""
+    row = await conn.fetchrow(
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE kgd_registration_number = $1",
+        kgd_registration_number,
+    )
+    return None if row is None else _device(row)

@@ -1,0 +1,147 @@
+"""The cabinet's reads of one receipt: in full for its owner, and the public check behind the QR
+code. Lists of receipts and X/Z reports are reports.receipts_report and reports.zx_report, the
+same reports `ofd report` prints.
+
+Values enter the SQL as integers or as strings checked against a strict pattern first (a fiscal
+sign is digits only), never as text a caller chose; the reader is an analyst's restricted one
+either way (readonly, limits), so a mistake here could read but never write.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ledger.warehouse.backends import Reader, Row
+from ledger.warehouse.reports import OFFLINE_MARK, OPERATION_NAMES
+
+FISCAL_SIGN = re.compile(r"[0-9]{1,20}")
+COMMAND_TICKET = 1
+MAX_LINES = 10_000  # items per receipt (ledger/ticket_checks.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptLine:
+    name: str
+    quantity: int  # thousandths of a unit, as the protocol carries it
+    price: int  # tiyn
+    sum: int  # tiyn
+    item_type: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptTax:
+    tax_type: int
+    percent: int  # thousandths of a percent (12% is 12000)
+    turnover: int
+    tax: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    device_id: int
+    document_id: str
+    time: str  # the device's wall clock (UTC+5), as printed: YYYY-MM-DD HH:MM:SS
+    shift_number: int
+    printed_number: int
+    offline_number: int
+    operation: str  # OPERATION_NAMES
+    total: int  # tiyn
+    fiscal_sign: str
+    organization_id: int  # where the device stood when the receipt arrived
+    trade_point_id: int
+    lines: tuple[ReceiptLine, ...]
+    taxes: tuple[ReceiptTax, ...]
+    payments: tuple[tuple[int, int], ...]  # (payment type, tiyn)
+
+    @property
+    def mark(self) -> str:
+        """OFFLINE_MARK for a receipt made offline, as every list of receipts marks it."""
+        return OFFLINE_MARK if self.offline_number else ""
+
+
+COLUMNS = (
+    "device_id, document_id, toString(document_time) AS time, shift_number, printed_number,"
+    " offline_number, operation, total, fiscal_sign, organization_id, trade_point_id,"
+    " item_name, item_quantity, item_price, item_sum, item_type,"
+    " tax_type, tax_percent, tax_turnover, tax_sum, payment_type, payment_sum"
+)
+
+
+def _ints(values: Any) -> list[int]:
+    # ClickHouse's JSON quotes 64-bit integers: they arrive as strings.
+    return [int(v) for v in values or []]
+
+
+def _receipt(row: Row) -> Receipt:
+    operation = int(row["operation"])
+    quantities, prices, sums, kinds = (
+        _ints(row["item_quantity"]),
+        _ints(row["item_price"]),
+        _ints(row["item_sum"]),
+        _ints(row["item_type"]),
+    )
+    names = [str(n) for n in row["item_name"] or []]
+    lines = tuple(
+        ReceiptLine(names[i], quantities[i], prices[i], sums[i], kinds[i])
+        for i in range(min(len(names), MAX_LINES))
+    )
+    taxes = tuple(
+        ReceiptTax(*values)
+        for values in zip(
+            _ints(row["tax_type"]),
+            _ints(row["tax_percent"]),
+            _ints(row["tax_turnover"]),
+            _ints(row["tax_sum"]),
+            strict=True,
+        )
+    )
+    payments = tuple(zip(_ints(row["payment_type"]), _ints(row["payment_sum"]), strict=True))
+    return Receipt(
+        device_id=int(row["device_id"]),
+        document_id=str(row["document_id"]),
+        time=str(row["time"]),
+        shift_number=int(row["shift_number"]),
+        printed_number=int(row["printed_number"]),
+        offline_number=int(row["offline_number"]),
+        operation=(
+            OPERATION_NAMES[operation] if 0 <= operation < len(OPERATION_NAMES) else str(operation)
+        ),
+        total=int(row["total"]),
+        fiscal_sign=str(row["fiscal_sign"]),
+        organization_id=int(row["organization_id"]),
+        trade_point_id=int(row["trade_point_id"]),
+        lines=lines,
+        taxes=taxes,
+        payments=payments,
+    )
+
+
+def _one(reader: Reader, where: str) -> Receipt | None:
+    rows = reader.select(
+        f"SELECT {COLUMNS} FROM {reader.database}.documents"
+        f" WHERE command = {COMMAND_TICKET} AND {where} LIMIT 1"
+    )
+    return _receipt(rows[0]) if rows else None
+
+
+def receipt(reader: Reader, device_id: int, fiscal_sign: str) -> Receipt | None:
+    """A device's receipt by its fiscal sign (unique: a MAC of the document's identity)."""
+    if not FISCAL_SIGN.fullmatch(fiscal_sign):
+        return None
+    return _one(reader, f"device_id = {int(device_id)} AND fiscal_sign = '{fiscal_sign}'")
+
+
+def matching_receipt(
+    reader: Reader, device_id: int, fiscal_sign: str, total: int, when: datetime
+) -> Receipt | None:
+    """The receipt whose QR code names exactly this sign, total and time, or None: the public
+    check (a near miss is no match; nothing is said of what else the device sent)."""
+    if not FISCAL_SIGN.fullmatch(fiscal_sign):
+        return None
+    moment = when.replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
+    return _one(
+        reader,
+        f"device_id = {int(device_id)} AND document_time = toDateTime('{moment}', 'UTC')"
+        f" AND fiscal_sign = '{fiscal_sign}' AND total = {int(total)}",
+    )
