@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import start_http_server
+
 from ingest.settings import DEFAULT_DATA_DIR
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import QueryLimits
@@ -99,6 +101,10 @@ def _run_load(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if args.metrics_port and not args.once:
+        # /metrics alone, apart from the query endpoint (which stays on loopback), for a
+        # Prometheus on another machine; the loader's metrics live in the default registry.
+        start_http_server(args.metrics_port, args.metrics_host)
     loaded = run_service(settings, stop, once=args.once)
     print(f"loaded {loaded} documents", file=sys.stderr)
     return 0
@@ -196,6 +202,17 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
     _common(load)
     load.add_argument("--port", type=int, default=0, help="query endpoint port on 127.0.0.1")
     load.add_argument("--batch", type=int, default=DEFAULT_BATCH_RECORDS)
+    load.add_argument(
+        "--metrics-host",
+        default=_env("OFD_METRICS_HOST", "127.0.0.1"),
+        help="address of the loader's Prometheus /metrics alone (default: loopback)",
+    )
+    load.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("OFD_LOADER_METRICS_PORT", "0")),
+        help="port of /metrics on --metrics-host, e.g. 7782; 0 (default): on the query port only",
+    )
     load.add_argument("--once", action="store_true", help="load what is there, then exit")
     load.add_argument(
         "--kafka-bootstrap",
