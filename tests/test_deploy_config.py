@@ -178,3 +178,42 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     for args in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERT_TESTS)]):
         done = subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+SYSTEMD = DEPLOY / "systemd"
+
+
+def test_promtool_checks_the_scrape_config() -> None:
+    """prometheus.yml parses, and its rule file (alerts.yml) with it."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    done = subprocess.run(
+        [promtool, "check", "config", str(SCRAPE_CONFIG)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "alerts.yml" in done.stdout
+
+
+def test_scrape_config_reaches_every_gateway_process_and_loader() -> None:
+    config = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    assert config["rule_files"] == [ALERTS.name]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # alerts.yml's OfdGatewayDown watches up{job="ofd-gateway"}.
+    assert 'up{job="ofd-gateway"}' in ALERTS.read_text()
+    targets = [t for c in jobs["ofd-gateway"]["static_configs"] for t in c["targets"]]
+    per_host: dict[str, list[int]] = {}
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        per_host.setdefault(host, []).append(int(port))
+    assert len(per_host) > 1
+    for ports in per_host.values():
+        # One target per process: ports are instance names of ofd-gateway@.service, distinct.
+        assert len(ports) > 1
+        assert len(set(ports)) == len(ports)
+    loader_env = (SYSTEMD / "ofd-loader.env.example").read_text()
+    (loader_port,) = re.findall(r"^OFD_LOADER_METRICS_PORT=(\d+)$", loader_env, re.MULTILINE)
+    loaders = [t for c in jobs["ofd-loader"]["static_configs"] for t in c["targets"]]
+    assert loaders
+    assert {t.rsplit(":", 1)[1] for t in loaders} == {loader_port}
