@@ -7,7 +7,10 @@ device drops its connection before reading an answer and retransmits, as a real 
 a lost answer. Then it stops the gateway and shows that the journal holds every acknowledged
 receipt exactly once. Meanwhile `ofd load` (the warehouse loader, owner of the chDB directory)
 loads the journal; the demo ends with an analyst's `ofd query` through it, checking that every
-acknowledged receipt is in the warehouse once. Exits 0 only if every check holds.
+acknowledged receipt is in the warehouse once. A simulated KGD (simulators/kgd.py) and `ofd
+forward` run beside them: each register goes from "awaiting registration" to "registered" when
+the KGD accepts its application, and every acknowledged receipt is counted as forwarded to the
+KGD exactly once (`ofd kgd status`). Exits 0 only if every check holds.
 """
 
 import asyncio
@@ -27,6 +30,7 @@ from ledger.warehouse.service import query, service_address
 from ofdproto.control.v1 import control_pb2 as pb
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
+from simulators.stage.kgd import kgd_state, start_forwarder, start_kgd
 from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 DATA_DIR = Path(".ofd-demo")
@@ -81,10 +85,36 @@ def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoD
                 trade_point_id=point.id,
             ),
         )
-        control.call("ActivateDevice", pb.DeviceRef(system_id=device.system_id))
+        shown = control.call("ShowDevice", pb.DeviceRef(system_id=device.system_id))
+        print(
+            f"added {name}: system id {device.system_id},"
+            f" {pb.DeviceStatus.Name(shown.device.status)}, its application to the KGD"
+            f" {shown.kgd_application_status}"
+        )
         token = control.call("IssueToken", pb.DeviceRef(system_id=device.system_id)).token
         devices.append(DemoDevice(name, version, device.system_id, token))
+    for device in devices:  # the KGD decides; `ofd forward` carries the decision out
+        shown = await_registered(control, device.system_id)
+        print(
+            f"{device.name}: {pb.DeviceStatus.Name(shown.device.status)}: the KGD"
+            f" {shown.kgd_application_status} its {shown.kgd_application_kind} application"
+        )
     return devices
+
+
+KGD_DECISION_SECONDS = 1.0  # the simulated KGD's delay (a real one takes 15 minutes to 3 days)
+REGISTRATION_TIMEOUT = 30.0
+
+
+def await_registered(control: ControlClient, system_id: int) -> pb.DeviceState:
+    deadline = time.monotonic() + REGISTRATION_TIMEOUT
+    while True:
+        shown: pb.DeviceState = control.call("ShowDevice", pb.DeviceRef(system_id=system_id))
+        if shown.device.status == pb.DEVICE_STATUS_REGISTERED:
+            return shown
+        if time.monotonic() > deadline:
+            raise SystemExit(f"device {system_id} not registered by the KGD: {shown}")
+        time.sleep(0.1)
 
 
 async def run_shift(gateway: ServerProcess, device: DemoDevice, drops_answer: bool) -> None:
@@ -204,6 +234,31 @@ def check_warehouse(devices: list[DemoDevice], loader: subprocess.Popen[bytes]) 
     return ok and answer.returncode == 0
 
 
+def check_kgd(devices: list[DemoDevice], kgd_url: str) -> bool:
+    """Waits until the KGD holds every acknowledged receipt; exactly once: none twice."""
+    expected = sum(len(d.acknowledged) for d in devices)
+    deadline = time.monotonic() + WAREHOUSE_TIMEOUT
+    state = kgd_state(kgd_url)
+    while state["documents"] < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = kgd_state(kgd_url)
+    ok = bool(state["documents"] == expected and state["duplicates"] == 0)
+    print(
+        f"\nKGD check: {expected} acknowledged receipts, {state['documents']} forwarded to the"
+        f" KGD, resends absorbed {state['duplicates']}, exactly once: {ok}"
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "kgd", "status", "--data-dir", str(DATA_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=WAREHOUSE_TIMEOUT,
+        check=False,
+    )
+    print(f"$ ofd kgd status --data-dir {DATA_DIR}")
+    print(status.stdout.rstrip() or status.stderr.rstrip())
+    return ok
+
+
 def main() -> int:
     if DATA_DIR.exists():
         shutil.rmtree(DATA_DIR)
@@ -213,6 +268,9 @@ def main() -> int:
         DATA_DIR, port=DEMO_PORT, control_port=DEMO_CONTROL_PORT, log_path=DATA_DIR / "gateway.log"
     )
     loader = start_loader()
+    kgd, kgd_url = start_kgd(DATA_DIR / "kgd.log", "--decision-delay", str(KGD_DECISION_SECONDS))
+    forwarder = start_forwarder(DATA_DIR, kgd_url, "--application-poll-seconds", "0.2")
+    print(f"simulated KGD at {kgd_url}; `ofd forward` sends it applications and documents")
     try:
         print(f"gateway ready: TCP {gateway.host}:{gateway.port}, control API {gateway.control}")
         control = ControlClient(gateway.control, gateway.control_key)
@@ -221,7 +279,7 @@ def main() -> int:
         )
         control.close()
         for d in devices:
-            print(f"registered {d.name}: system id {d.system_id}, token {d.first_token}")
+            print(f"{d.name}: system id {d.system_id}, token {d.first_token}")
 
         async def shifts() -> None:
             await asyncio.gather(*(run_shift(gateway, d, d is devices[-1]) for d in devices))
@@ -234,14 +292,21 @@ def main() -> int:
             print(f"  ... {len(d.acknowledged)} acknowledged in all")
             for note in d.notes:
                 print(f"  {note}")
+    except BaseException:
+        stop(forwarder)
+        stop(kgd)
+        raise
     finally:
         code = stop(gateway)
         print(f"\ngateway stopped (exit code {code})")
     try:
         ok = check_journal(devices) and check_warehouse(devices, loader)
+        ok = check_kgd(devices, kgd_url) and ok
     finally:
         loader.terminate()
         loader.wait(WAREHOUSE_TIMEOUT)
+        stop(forwarder)
+        stop(kgd)
     print("\ndemo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 
