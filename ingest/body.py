@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from ingest.codec import FrameHeader, encode
 from ledger.errors import Refusal
 from ledger.schemas import SCHEMAS
-from ledger.wire import ResultCode
+from ledger.wire import HEADER_SIZE, ResultCode
 
 _FIELD_COMMAND_TAG = 0x08  # field 1, varint
 _VARINT_CONTINUES = 0x80
@@ -101,3 +101,33 @@ def refusal_frame(header: FrameHeader, command: int, refusal: Refusal) -> bytes:
     response.result.result_code = refusal.code
     response.result.result_text = refusal.text
     return response_frame(header, header.token, response)
+
+
+_TAG_RESULT = 0x12  # Response field 2 (result), length-delimited
+
+
+def answer_result(answer: bytes) -> int:
+    """The result code of an answer frame of ours, read from its bytes.
+
+    Our answers are serialized in field order: header, Response.command (08 cc), then
+    Response.result (12 len 08 rc ...), so the common case is a few byte compares; anything
+    else (a result text of 128 bytes or more) is parsed.
+    """
+    pos = HEADER_SIZE
+    if (
+        len(answer) > pos + 5
+        and answer[pos] == _FIELD_COMMAND_TAG
+        and answer[pos + 1] < _VARINT_CONTINUES
+        and answer[pos + 2] == _TAG_RESULT
+        and answer[pos + 3] < _VARINT_CONTINUES
+        and answer[pos + 4] == _FIELD_COMMAND_TAG
+        and answer[pos + 5] < _VARINT_CONTINUES
+    ):
+        return answer[pos + 5]
+    version = answer[2] | answer[3] << 8
+    schema = SCHEMAS.get(version, SCHEMAS[203])
+    try:
+        response = schema.Response.FromString(answer[HEADER_SIZE:])
+    except DecodeError:
+        return int(ResultCode.UNKNOWN_ERROR)
+    return int(response.result.result_code)

@@ -69,7 +69,13 @@ class FrameDecoder:
         """Bytes held that are not yet part of a returned frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> None:
+    @property
+    def capacity(self) -> int:
+        """Bytes the buffer occupies. CPython gives a bytearray's memory back when more than
+        half of it is deleted, so a large frame taken out leaves no large buffer behind."""
+        return self._buffer.__sizeof__()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             return  # failed for good: holding more bytes would only let a peer make us allocate
         self._buffer += data
