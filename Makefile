@@ -42,8 +42,8 @@ test: lint
 
 # Gateway against its echo floor, its scale curve over fleet sizes (local journal, then the
 # production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, the
-# cost model built from them and the warehouse loader (bench-results/*.json); last, the headline
-# numbers of them all (bench-results/summary.json).
+# cost model built from them, the warehouse loader and the KGD forwarder (bench-results/*.json);
+# last, the headline numbers of them all (bench-results/summary.json).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.scale
@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.kafka_producer
 	$(BIN)/python -m benchmarks.cost_model
 	$(BIN)/python -m benchmarks.warehouse
+	$(BIN)/python -m benchmarks.kgd_forwarding
 	$(BIN)/python -m benchmarks.summary
 
 clean:
