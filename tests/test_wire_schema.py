@@ -1,4 +1,6 @@
-"""Our compiled KKM protocol descriptors against the wire contract in shared/protocol/wire-*.json.
+"""Our compiled KKM protocol descriptors against the wire contract: the fact tables copied into
+proto/facts/wire-*.json (the tests need nothing outside the repository), themselves checked
+against ../shared/protocol/ when that is present beside the repository.
 
 Names are relative to the package, nested types dotted ("TicketRequest.Item"). JSON reserved
 ranges are inclusive [a, b]; DescriptorProto reserved ranges are end-exclusive, enum reserved
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor, descriptor_pb2
 
-PROTOCOL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "protocol"
+FACTS_DIR = Path(__file__).resolve().parents[1] / "proto" / "facts"
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "protocol"
 VERSIONS = {203: "2.0.3", 204: "2.0.4"}
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
@@ -29,7 +32,7 @@ class Schema:
 
 
 def load_wire(version: int) -> dict[str, Any]:
-    path = PROTOCOL_DIR / f"wire-{VERSIONS[version]}.json"
+    path = FACTS_DIR / f"wire-{VERSIONS[version]}.json"
     wire: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return wire
 
@@ -174,3 +177,12 @@ def test_enum(version: int, name: str) -> None:
     assert len(enum.value) == len(spec["values"])
     ours = sorted((r.start, r.end) for r in enum.reserved_range)  # end-inclusive
     assert ours == inclusive(spec["reserved"])
+
+
+@pytest.mark.parametrize("version", VERSIONS.values())
+def test_the_copied_facts_are_the_shared_ones(version: str) -> None:
+    shared = SHARED_DIR / f"wire-{version}.json"
+    if not shared.exists():
+        pytest.skip("../shared/protocol is not beside this repository")
+    copied = FACTS_DIR / f"wire-{version}.json"
+    assert copied.read_bytes() == shared.read_bytes(), f"refresh {copied} from {shared}"
