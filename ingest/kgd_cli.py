@@ -34,7 +34,7 @@ from ledger.kgd.http import DEFAULT_TIMEOUT, KgdSettings
 from ledger.kgd.retry import Backoff
 from ledger.kgd.service import ForwardSettings, RunningForwarder, database_url, run_forward, status
 
-DEFAULT_FORWARDER_METRICS_PORT = 7781
+DEFAULT_FORWARDER_METRICS_PORT = 7783  # 7781: the cabinet, 7782: the loader
 EXIT_FAILED = 1
 
 
