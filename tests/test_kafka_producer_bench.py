@@ -1,4 +1,4 @@
-"""The Kafka producer benchmark, run for a fraction of a second against the session's tansu
+"""The Kafka producer benchmark, run for a fraction of a second against the session's Kafka
 broker: well-formed results and document, no timings (benchmarks are not tests)."""
 
 import json

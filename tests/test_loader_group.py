@@ -1,5 +1,5 @@
-"""Two loaders in one consumer group (tansu + chDB): they split the partitions, and when one dies
-mid-batch the other takes its partitions over; every document is loaded exactly once.
+"""Two loaders in one consumer group (Apache Kafka + chDB): they split the partitions, and when
+one dies mid-batch the other takes its partitions over; every document is loaded exactly once.
 
 chDB admits one process per data directory, and two loaders writing to two warehouses would not
 share positions, so both group members run in this process, each in its own thread with its own
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 from warehouse_journal import Sent, receipt_record
 
@@ -32,7 +33,7 @@ DEVICES = 8
 PER_DEVICE = 12  # records per device and wave
 BATCH = 5  # records per insert: several inserts per partition and wave
 DIE_AFTER_INSERTS = 2
-WAIT_TIMEOUT = 60.0  # a group join, a rebalance and a leave take about 4 s each on tansu
+WAIT_TIMEOUT = 60.0  # bounds a group join, a rebalance, a leave (each well under a second)
 FLUSH_TIMEOUT = 10.0
 
 
@@ -167,3 +168,40 @@ def test_members_split_partitions_and_one_takes_over(
     finally:
         first.close()
         second.close()
+
+
+def _recreate(bootstrap: str, topic: str) -> None:
+    """Deletes `topic` and makes it again (empty, one partition) once Kafka lets it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.delete_topics([topic], operation_timeout=FLUSH_TIMEOUT)[topic].result(FLUSH_TIMEOUT)
+    settings = KafkaSettings(bootstrap, topic=topic)
+    _wait("the topic to be made again", lambda: ensure_topic(settings, 1))
+
+
+def test_a_topic_made_again_is_read_from_its_start(
+    warehouse: Warehouse, kafka_bootstrap: str
+) -> None:
+    """A log that ends below the stored position lost records (here: the topic was deleted and
+    made again): the member starts the partition over instead of skipping the new records."""
+    topic = f"test.remade.{uuid.uuid4().hex[:10]}"
+    ensure_topic(KafkaSettings(kafka_bootstrap, topic=topic), 1)
+    name = source_name(topic, 0)
+    member = Member(warehouse, kafka_bootstrap, topic, f"group.{topic}")
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all"})
+        before = [receipt_record(2000, n) for n in range(1, 11)]
+        for entry, _ in before:
+            producer.produce(topic, entry.payload, partition=0)
+        assert producer.flush(FLUSH_TIMEOUT) == 0
+        _wait("the first log", lambda: read_position(warehouse, name) == len(before))
+
+        _recreate(kafka_bootstrap, topic)
+        after = [receipt_record(2000, n) for n in range(11, 15)]  # fewer than before
+        for entry, _ in after:
+            producer.produce(topic, entry.payload, partition=0)
+        assert producer.flush(FLUSH_TIMEOUT) == 0
+        expected = sorted((d.device_id, d.document_id) for _, d in before + after)
+        _wait("the new log's records", lambda: _loaded(warehouse) == expected)
+        _wait("the position to follow the new log", lambda: read_position(warehouse, name) == 4)
+    finally:
+        member.close()
