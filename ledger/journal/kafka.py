@@ -5,8 +5,10 @@
 transaction, so a failure here rolls the device's state back and the device is answered 254.
 
 How it talks to Kafka, and why:
-- confluent-kafka (librdkafka) with an idempotent producer: aiokafka's idempotent producer fails
-  against tansu, the broker the tests run, and the configuration shipped must be the one tested.
+- confluent-kafka (librdkafka) with an idempotent producer: it did idempotence at several times
+  aiokafka's throughput when the choice was made (aiokafka's idempotent producer failed against
+  the broker the tests ran then), and this configuration is the one the tests run against Apache
+  Kafka (tests/kafka_broker.py; three replicas in tests/test_kafka_topology.py).
 - Records are keyed by device id as 4 big-endian bytes (the u32 system id; KEY_BYTES), and
   partitioned with murmur2 like the Java clients, so one device's documents stay in order in one
   partition whichever language's client produced them.

@@ -14,41 +14,31 @@ poll is thus missing from one list, and the loader reads its position from the w
 (another member may have moved it). A batch must end within MAX_POLL_INTERVAL_MS: a member that
 overruns it is dropped from the group while still inserting.
 
-Measured against tansu 0.6.0 with confluent-kafka 2.16.1 (librdkafka 2.16.0), eager assignment,
-a topic of 4 partitions, heartbeat.interval.ms 1000, each member a process of its own that
-subscribes and polls every 0.1 s; times from `subscribe()` (or the kill) to `on_assign`:
+Measured against Apache Kafka 4.1.1 (one KRaft node, group.initial.rebalance.delay.ms 0 as in
+the tests; a production broker's default of 3 s delays a new group's first assignment by that
+much) with confluent-kafka 2.16, eager assignment, a topic of 4 partitions, heartbeat.interval.ms
+1000, each member polling every 0.1 s; times from `subscribe()` (or the close, or the kill) to
+`on_assign`:
 
-- the first member gets every partition about session.timeout.ms / 2 after `subscribe()`
-  (3.0 s at 6000 ms, 5.0 s at 10000 ms, 1.05 s at 2000 ms), whatever max.poll.interval.ms is;
-  tansu waits that long for more members before it assigns;
-- a second member: the first is revoked about one heartbeat later, both are assigned half the
-  partitions 4.0-4.2 s after the second's `subscribe()` (6.0 s at 10000 ms);
-- a member that leaves (`close()`): the others hold its partitions 3.9 s later;
-- a member killed (SIGKILL): the others hold its partitions 9.7-9.8 s later (the session timeout,
-  a heartbeat, then the same wait), also with max.poll.interval.ms at 30000;
-- a loader restarted after SIGKILL joins a group that still lists the dead member: 11.2 s to get
-  the partitions; after a clean close, 3.2 s;
-- cooperative-sticky assignment took 11 s to give the second member its partitions, so the
-  eager protocol is used;
-- a member whose process lives but which stops polling (a batch outlasting
-  max.poll.interval.ms, 10000 ms then) kept a member that joined next from getting any partition
-  for the 120 s watched: hence MAX_POLL_INTERVAL_MS far above any batch.
+- the first member gets every partition about 1.1 s after `subscribe()`;
+- a second member: both hold their halves about 1.0 s after the second's `subscribe()`;
+- a member that leaves (`close()`): the other holds its partitions about 1.0 s later;
+- a member killed (SIGKILL): the other holds its partitions 6.0 s later (SESSION_TIMEOUT_MS).
 
 Kafka refuses session timeouts below its group.min.session.timeout.ms (6000 ms by default), so
-SESSION_TIMEOUT_MS stays there.
+SESSION_TIMEOUT_MS stays there. The eager protocol is used because `_on_assign`/`_on_revoke`
+assign and unassign whole sets: cooperative-sticky would need incremental_assign/unassign.
 
-A broker that lost its log (tansu's memory storage after a restart, a topic recreated) has its
-end below the stored offset. Kafka answers such a fetch as out of range (and the consumer resets
-to the earliest record); tansu just answers nothing. So an idle partition's watermarks are looked
-at (at most every WATERMARK_CHECK seconds). tansu's high watermark is the first offset of the
-last batch + 1, not the last offset + 1 (measured: 24 records produced one per batch -> 24;
-in batches of 4 -> 21; in one batch -> 1), so a high watermark below the position proves
-nothing by itself: the record before the position is fetched again, and only when it does not
-come back within WATERMARK_CHECK does the partition start over from its first record; what is
-read twice collapses by document identity. A log lost and refilled past the position before the
-loader looks is not noticed: its records below the position are skipped (offsets alone cannot
-tell the two logs apart). The lag gauge (high watermark minus position) under-counts on tansu
-by up to one batch less one record.
+Kafka's high watermark is the offset after the last committed record, and the loader's stored
+position is never above it. A log that ends below the stored position therefore lost records:
+the topic was deleted and made again, or an unclean leader election truncated it. Kafka answers
+a fetch past the end as out of range and the consumer resets to the earliest offset, but the
+partition here would skip what lies below the stored position; so an idle partition's
+watermarks are looked at (at most every WATERMARK_CHECK seconds), and a high watermark below the
+position starts the partition over from its first record; what is read twice collapses by
+document identity. A log lost and refilled past the position before the loader looks is not
+noticed: its records below the position are skipped (offsets alone cannot tell the two logs
+apart).
 """
 
 import itertools
@@ -66,10 +56,10 @@ log = structlog.get_logger(__name__)
 DEFAULT_GROUP = "ofd-warehouse"
 CONSUME_TIMEOUT = 0.2  # seconds one poll waits for records; bounds how fast an idle loader steps
 MAX_FETCH_BYTES = 16 * 1024 * 1024
-SESSION_TIMEOUT_MS = 6_000  # a killed loader's partitions move on after about 10 s (measured)
+SESSION_TIMEOUT_MS = 6_000  # a killed loader's partitions move on after about 6 s (measured)
 HEARTBEAT_INTERVAL_MS = 1_000
 MAX_POLL_INTERVAL_MS = 60_000  # the longest one batch may take to insert; far above a batch
-ASSIGNMENT_STRATEGY = "range"  # eager: measured faster on tansu than cooperative-sticky
+ASSIGNMENT_STRATEGY = "range"  # eager: the callbacks below assign and revoke whole sets
 WATERMARK_CHECK = 2.0  # seconds between looks at an idle partition's end
 WATERMARK_TIMEOUT = 2.0
 
@@ -100,8 +90,6 @@ class KafkaPartition:
         self._high: int | None = None
         self._checked = time.monotonic()
         self._rewound_to: int | None = None
-        self._probe: int | None = None  # the position whose preceding record is asked back
-        self._intact: int | None = None  # a position that record was found for
 
     def take(self, offset: int, value: bytes) -> None:
         if offset >= self._next:  # older ones were fetched before a seek
@@ -113,8 +101,6 @@ class KafkaPartition:
 
     def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
         if self.revoked:
-            return []
-        if self._probe is not None and not self._probe_answered(self._probe):
             return []
         if self._rewound_to is not None:
             position = self._rewound_to  # the log was lost: ahead of the stored position
@@ -153,39 +139,17 @@ class KafkaPartition:
             log.warning("warehouse_kafka_watermarks", source=self.name, error=str(err))
             return
         self._high = high
-        if high >= position or position in (low, self._intact):
+        if high >= position:
             return
-        # tansu's high watermark is the last batch's first offset + 1, so a high watermark
-        # below the position may only mean the last batch held several records: ask for the
-        # record before the position again, and restart only if it is not there.
-        if self._seek(position - 1):
-            self._probe = position
-
-    def _probe_answered(self, probe: int) -> bool:
-        """Whether the probe is over: the record came back (the log is intact) or, once
-        WATERMARK_CHECK passed without it, the partition starts over from its first record."""
-        if self._next >= probe:
-            self._intact, self._probe = probe, None
-            return True
-        if time.monotonic() - self._checked < WATERMARK_CHECK:
-            return False
-        self._checked = time.monotonic()
-        try:
-            low, high = self._member.watermarks(self.partition)
-        except KafkaException as err:
-            log.warning("warehouse_kafka_watermarks", source=self.name, error=str(err))
-            return False
         log.warning(
             "warehouse_kafka_log_behind_position",
             source=self.name,
-            position=probe,
+            position=position,
             low=low,
             high=high,
         )
-        self._probe = None
         self._rewound_to = low
         self._seek(low)
-        return True
 
     def committed(self, position: int) -> None:
         # Once a batch after a rewind is stored, the stored position is the one to follow again.

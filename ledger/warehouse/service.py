@@ -61,8 +61,9 @@ QUERIES = Counter(
     "Analysts' requests to the query service, by outcome",
     ["outcome"],  # ok, refused (400), unauthorized (401), busy (503)
 )
-# `ofd load --once` on Kafka: a group join takes about half the session timeout on tansu, more
-# after a member died (kafka_source.py); loaded once no record came for ONCE_QUIET seconds.
+# `ofd load --once` on Kafka: a group join takes about a second (a production broker's
+# group.initial.rebalance.delay.ms adds 3 s), up to a session timeout more while a member that
+# died is still listed (kafka_source.py); loaded once no record came for ONCE_QUIET seconds.
 ONCE_JOIN_TIMEOUT = 30.0
 ONCE_QUIET = 2.0
 
