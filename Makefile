@@ -43,7 +43,9 @@ test: lint
 # Gateway against its echo floor, its scale curve over fleet sizes (local journal, then the
 # production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, the
 # cost model built from them, the warehouse loader and the KGD forwarder (bench-results/*.json);
-# last, the headline numbers of them all (bench-results/summary.json).
+# then the capacity model for 1.2 million registers from all of these (it also runs a gateway
+# briefly to measure bytes per receipt); last, the headline numbers of them all
+# (bench-results/summary.json).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.scale
@@ -53,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cost_model
 	$(BIN)/python -m benchmarks.warehouse
 	$(BIN)/python -m benchmarks.kgd_forwarding
+	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.summary
 
 clean:

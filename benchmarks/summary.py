@@ -2,10 +2,11 @@
 
     python -m benchmarks.summary [--results bench-results] [--out bench-results/summary.json]
 
-Reads what the earlier steps wrote (ingest, scale, scale-kafka, warehouse, cost_model), prints one
-block per file and writes the same numbers as JSON. A file that is missing is named as missing,
-and one whose run was invalid (answers that were not OK, or lost) is flagged; the exit code is 1
-when any is, so `make bench` fails rather than summarising a run that measured something else.
+Reads what the earlier steps wrote (ingest, scale, scale-kafka, warehouse, cost_model, capacity),
+prints one block per file and writes the same numbers as JSON. A file that is missing is named as
+missing, and one whose run was invalid (answers that were not OK, or lost) is flagged; the exit
+code is 1 when any is, so `make bench` fails rather than summarising a run that measured something
+else.
 """
 
 import argparse
@@ -104,6 +105,33 @@ def _cost_model(doc: dict[str, Any]) -> Headline:
     return numbers, lines
 
 
+def _capacity(doc: dict[str, Any]) -> Headline:
+    registers = doc["assumptions"]["registers"]
+    numbers = {
+        name: {
+            "receipts_per_s": doc[name]["receipts_per_s"],
+            "gateway_cores": doc[name]["gateway_cores"],
+            "postgres_cores": doc[name]["postgres_cores"],
+            "kafka_brokers": doc[name]["kafka_brokers"],
+            "loaders": doc[name]["loaders"],
+        }
+        for name in ("peak", "outage")
+    }
+    numbers["storage"] = doc["storage"]
+    lines = [
+        f"  {registers:,} registers, {title}: {n['receipts_per_s']:,.0f} receipts/s needs"
+        f" {n['gateway_cores']} gateway cores, {n['postgres_cores']} PostgreSQL,"
+        f" {n['kafka_brokers']} Kafka brokers, {n['loaders']} loaders"
+        for title, n in (("peak", numbers["peak"]), ("outage + peak", numbers["outage"]))
+    ]
+    storage = doc["storage"]
+    lines.append(
+        f"  Kafka {storage['kafka_bytes_per_day'] / 1e9:,.1f} GB/day (replicated), warehouse"
+        f" {storage['warehouse_bytes_per_year'] / 1e12:,.1f} TB/year"
+    )
+    return numbers, lines
+
+
 # File stem -> (title, what to take from it). benchmarks.layers and benchmarks.kafka_producer
 # print their own tables; their per-layer numbers feed the cost model, summarised here.
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Headline]]] = {
@@ -113,6 +141,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Headline]]] = {
                     _scale),
     "warehouse": ("warehouse loader", _warehouse),
     "cost_model": ("cost model", _cost_model),
+    "capacity": ("capacity model (benchmarks.capacity)", _capacity),
 }  # fmt: skip
 
 
