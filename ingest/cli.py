@@ -29,6 +29,7 @@ ofd whoami                                  the caller the key stands for
 ofd journal show [--data-dir D]             what the local journal holds
 ofd journal verify [--data-dir D]           check every record of every segment (exit 1: corrupt)
 ofd load | query "SQL" | report ...        the warehouse (see ingest/query_cli.py)
+ofd web | web-user add ...                  the cabinet and the receipt check (cabinet/cli.py)
 ofd forward --kgd-url URL | kgd status     the tax authority (see ingest/kgd_cli.py)
 """
 
@@ -44,6 +45,7 @@ import grpc
 import uvloop
 from google.protobuf.json_format import MessageToDict
 
+from cabinet.cli import add_web_commands
 from ingest.app import serve
 from ingest.control.client import ControlClient, find_key
 from ingest.kgd_cli import add_kgd_commands
@@ -69,6 +71,7 @@ from ledger.journal import JournalCorrupt
 from ledger.journal.kafka import DEFAULT_PARTITIONS, DEFAULT_TOPIC, OUTAGE_POLICIES, KafkaSettings
 from ledger.journal.view import journal_directories, summarize_journal, verify_report
 from ledger.lifecycle import DeviceStatus
+from ledger.receipt_check import DEFAULT_CHECK_URL
 from ofdproto.control.v1 import control_pb2 as pb
 
 EXIT_USAGE = 2
@@ -99,7 +102,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         fiscal=FiscalSettings(
             secret=load_secret(
                 data_dir, args.secret_hex, Path(args.secret_file) if args.secret_file else None
-            )
+            ),
+            qr_base_url=args.qr_base_url,
         ),
         metrics_port=args.metrics_port or None,
         metrics_host=args.metrics_host,
@@ -322,6 +326,12 @@ def _add_serve(sub: Any) -> None:
         default=_env("OFD_SECRET_HEX", ""),
         help="the server secret itself (shows in /proc: prefer --secret-file);"
         " default: kept in DATA_DIR/secret",
+    )
+    serve.add_argument(
+        "--qr-base-url",
+        default=_env("OFD_QR_BASE_URL", DEFAULT_CHECK_URL),
+        help="the receipt check printed in QR codes: the public URL of `ofd web`'s /check"
+        " (default %(default)s)",
     )
     serve.add_argument(
         "--mqtt-url",
@@ -631,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control(sub)
     add_warehouse_commands(sub)
     add_kgd_commands(sub)
+    add_web_commands(sub)
     return parser
 
 

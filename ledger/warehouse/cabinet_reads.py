@@ -32,7 +32,7 @@ class ReceiptLine:
 @dataclass(frozen=True, slots=True)
 class ReceiptTax:
     tax_type: int
-    percent: int  # thousandths of a percent (12% is 12000)
+    percent: int  # hundredths of a percent (12% is 1200), as ledger/ticket_checks.py
     turnover: int
     tax: int
 

@@ -1,0 +1,1 @@
+"""The cabinet: the taxpayers' web front and the public receipt check (`ofd web`)."""

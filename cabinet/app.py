@@ -1,0 +1,157 @@
+"""Assembles `ofd web`: the database pool (migrated), the warehouse reader, the aiohttp
+application with its routes and middlewares, and the listening site."""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from cabinet import check, pages_documents, pages_registry, pages_users, security
+from cabinet.settings import WebSettings
+from cabinet.warehouse import Documents, WarehouseUnavailable, reader_for
+from cabinet.web import CABINET, Cabinet, error_page, error_status, make_templates
+from ingest.limits import FailureLimiter
+from ledger.embedded_pg import start_embedded_postgres
+from ledger.errors import NotFound, PermissionDenied, RegistryError
+from ledger.migrate import migrate
+from ledger.receipt_check import CHECK_PATH
+from ledger.warehouse.backends import Reader
+
+log = structlog.get_logger(__name__)
+
+POOL_SIZE = 8
+STATIC = __file__.rsplit("/", 1)[0] + "/static"
+ID = r"{id:\d{1,10}}"  # ids are digits only: anything else is no page (404) before any handler
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCabinet:
+    url: str  # http://host:port
+    port: int
+    cabinet: Cabinet
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: security.Handler) -> web.StreamResponse:
+    """The domain's refusals as pages: 404 and 403 say nothing of what they refused."""
+    try:
+        return await handler(request)
+    except NotFound:
+        return error_page(request, 404, "Не найдено.")
+    except PermissionDenied:
+        return error_page(request, 403, "Этот раздел вам не доступен.")
+    except RegistryError as err:
+        return error_page(request, error_status(err), str(err))
+    except WarehouseUnavailable as err:
+        log.warning("cabinet_warehouse_unavailable", error=str(err))
+        return error_page(request, 503, "Хранилище документов сейчас недоступно.")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def build_app(context: Cabinet) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            security.headers_middleware,
+            errors_middleware,
+            security.session_middleware,
+        ],
+        client_max_size=context.settings.max_body,
+    )
+    app[CABINET] = context
+    r = pages_registry
+    app.router.add_get("/", r.home)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/login", security.show_login)
+    app.router.add_post("/login", security.login)
+    app.router.add_post("/logout", security.logout)
+    app.router.add_get(CHECK_PATH, check.check)
+    app.router.add_get("/organization", r.show_organization)
+    app.router.add_post("/organization", r.update_organization)
+    app.router.add_get("/points", r.show_points)
+    app.router.add_post("/points", r.add_point)
+    app.router.add_get(f"/points/{ID}", r.show_point)
+    app.router.add_post(f"/points/{ID}", r.update_point)
+    app.router.add_post(f"/points/{ID}/delete", r.delete_point)
+    app.router.add_get("/kkm", r.show_devices)
+    app.router.add_post("/kkm", r.register_device)
+    app.router.add_get(f"/kkm/{ID}", r.show_device)
+    app.router.add_post(f"/kkm/{ID}/lifecycle", r.move_device)
+    app.router.add_post(f"/kkm/{ID}/token", r.get_token)
+    app.router.add_post(f"/kkm/{ID}/token/new", r.issue_token)
+    app.router.add_get(f"/kkm/{ID}/receipts", pages_documents.receipts)
+    app.router.add_get(f"/kkm/{ID}/receipts/{{sign:\\d{{1,20}}}}", pages_documents.one_receipt)
+    app.router.add_get(f"/kkm/{ID}/reports", pages_documents.reports)
+    app.router.add_get("/users", pages_users.show_users)
+    app.router.add_post("/users", pages_users.add_user)
+    app.router.add_post(f"/users/{ID}", pages_users.change_user)
+    app.router.add_post("/groups", pages_users.add_group)
+    app.router.add_post(f"/groups/{ID}/delete", pages_users.delete_group)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    return app
+
+
+async def _database_url(settings: WebSettings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return await asyncio.to_thread(start_embedded_postgres, settings.data_dir / "pg")
+
+
+@contextlib.asynccontextmanager
+async def running_cabinet(
+    settings: WebSettings, *, reader: Reader | None = None
+) -> AsyncIterator[RunningCabinet]:
+    """Serves the cabinet until the block ends; `reader` replaces the configured warehouse
+    (tests hand it an in-process one)."""
+    pool = await asyncpg.create_pool(await _database_url(settings), min_size=1, max_size=POOL_SIZE)
+    assert pool is not None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        context = Cabinet(
+            settings=settings,
+            pool=pool,
+            documents=Documents(
+                reader or reader_for(settings.data_dir, settings.clickhouse_url),
+                settings.warehouse_concurrency,
+            ),
+            templates=make_templates(),
+            login_failures=FailureLimiter(settings.login_failures),
+            check_misses=FailureLimiter(settings.check_misses),
+            kdf=asyncio.Semaphore(settings.kdf_concurrency),
+            check_url="",
+        )
+        runner = web.AppRunner(build_app(context), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            server = site._server  # aiohttp names the bound port nowhere else
+            assert isinstance(server, asyncio.base_events.Server)
+            port = int(server.sockets[0].getsockname()[1])
+            context.check_url = settings.check_url(port)
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            yield RunningCabinet(f"http://{host}:{port}", port, context)
+        finally:
+            await runner.cleanup()
+    finally:
+        await pool.close()
+
+
+async def serve_web(settings: WebSettings) -> None:
+    """`ofd web`: serves until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_cabinet(settings) as running:
+        log.info("cabinet_ready", url=running.url, check=running.cabinet.check_url)
+        print(f"ofd cabinet ready {running.url} check={running.cabinet.check_url}", flush=True)
+        await stop.wait()

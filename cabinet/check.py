@@ -1,0 +1,69 @@
+"""The public receipt check (GET /check?i=&f=&s=&t=), the page behind every printed QR code.
+
+Public and read-only: it shows a receipt's facts only when sign, KGD number, total and time all
+match one receipt (ledger/receipt_check.py says what each answer reveals). Misses are counted
+per address; past the budget the address gets 429 until the window ends, so guessing signs
+costs a minute per few dozen tries while a customer scanning real receipts never meets it.
+"""
+
+from datetime import datetime
+
+import structlog
+from aiohttp import web
+
+from cabinet.warehouse import WarehouseUnavailable
+from cabinet.web import cabinet, render
+from ledger import registry
+from ledger.receipt_check import Verdict, parse_check, verdict
+from ledger.warehouse.cabinet_reads import Receipt, matching_receipt
+from ledger.wire import KZ_TIME
+
+log = structlog.get_logger(__name__)
+
+
+async def check(request: web.Request) -> web.Response:
+    context = cabinet(request)
+    peer = request.remote or "unknown"
+    if context.check_misses.over_budget(peer):
+        return render(request, "check.html", status=429, verdict="limited", receipt=None)
+    query = parse_check(request.query)
+    if query is None and not request.query:
+        return render(request, "check.html", verdict="form", receipt=None)
+    found: Receipt | None = None
+    seller: registry.Organization | None = None
+    point: registry.TradePoint | None = None
+    if query is not None:
+        async with context.pool.acquire() as conn:
+            device = await registry.device_by_kgd_number(conn, query.kgd_number)
+        if device is not None:
+            try:
+                found = await context.documents.run(
+                    matching_receipt, device.system_id, query.fiscal_sign, query.total, query.when
+                )
+            except WarehouseUnavailable as err:
+                log.warning("check_warehouse_unavailable", error=str(err))
+                return render(request, "check.html", status=503, verdict="down", receipt=None)
+        # 0: a record from before the journal named the point; nothing to show then.
+        if found is not None and found.organization_id and found.trade_point_id:
+            async with context.pool.acquire() as conn:
+                orgs = await registry.list_organizations(
+                    conn, organization_id=found.organization_id
+                )
+                points = await registry.list_trade_points(
+                    conn, point_ids=frozenset({found.trade_point_id})
+                )
+            seller = orgs[0] if orgs else None
+            point = points[0] if points else None
+    now = datetime.now(KZ_TIME).replace(tzinfo=None)
+    answer = verdict(query, found is not None, now, context.settings.check_pending)
+    if answer is not Verdict.FOUND:
+        context.check_misses.failed(peer)
+    return render(
+        request,
+        "check.html",
+        status=200,
+        verdict=answer.value,
+        receipt=found,
+        seller=seller,
+        point=point,
+    )

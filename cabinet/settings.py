@@ -1,0 +1,60 @@
+"""`ofd web`'s one settings object, validated once at start-up."""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from ingest.limits import FailureBudget
+from ledger.cabinet_sessions import SessionPolicy
+from ledger.receipt_check import CHECK_PATH, DEFAULT_WEB_PORT
+from ledger.warehouse.reports import ReportLimits
+
+# Failed logins one address may have per minute; past it the address is refused for the rest of
+# the minute before any password is checked (each check costs scrypt's 16 MiB and ~50 ms).
+DEFAULT_LOGIN_FAILURES = FailureBudget(failures=10, window_seconds=60.0)
+# Checks of receipts that match nothing, per address and minute: an honest customer scans a
+# receipt that exists; a stream of misses is someone guessing signs.
+DEFAULT_CHECK_MISSES = FailureBudget(failures=60, window_seconds=60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    data_dir: Path
+    # None: the embedded PostgreSQL of DATA_DIR/pg (the one `ofd serve` starts).
+    database_url: str | None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_WEB_PORT
+    # None: the warehouse through the `ofd load` query service of data_dir (chDB admits one
+    # process per directory); set: a ClickHouse server.
+    clickhouse_url: str | None = None
+    # The public address of the check page, as printed in QR codes ("" : this server's own).
+    qr_base_url: str = ""
+    # Secure cookies: on wherever the cabinet is reached over TLS (any non-loopback use).
+    secure_cookie: bool = False
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    login_failures: FailureBudget = DEFAULT_LOGIN_FAILURES
+    check_misses: FailureBudget = DEFAULT_CHECK_MISSES
+    # How long after its printed time a receipt not yet in the warehouse is "not yet received"
+    # rather than "no such receipt": offline registers send theirs when they reconnect.
+    check_pending: timedelta = timedelta(minutes=15)
+    report_limits: ReportLimits = field(default_factory=ReportLimits)
+    # Warehouse reads at once (each in a worker thread); more wait.
+    warehouse_concurrency: int = 4
+    # Password checks at once (scrypt: 16 MiB each, tens of ms); more wait, up to kdf_queue.
+    kdf_concurrency: int = 2
+    kdf_queue: int = 32
+    # Largest request body: forms are small.
+    max_body: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"web port {self.port} is not a port")
+        if min(self.warehouse_concurrency, self.kdf_concurrency, self.kdf_queue) < 1:
+            raise ValueError("concurrency limits must be at least 1")
+
+    def check_url(self, port: int) -> str:
+        """The QR base URL: the setting, else this server's own check page on `port`."""
+        if self.qr_base_url:
+            return self.qr_base_url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}{CHECK_PATH}"

@@ -1,0 +1,75 @@
+"""How the cabinet reaches the warehouse: through the `ofd load` query service (chDB admits one
+process per data directory, and that process is the loader), or a ClickHouse server directly.
+Either way as an analyst (readonly, limits); every read runs in a worker thread, a bounded
+number at once."""
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ledger.warehouse.backends import DEFAULT_DATABASE, QueryLimits, Reader, Row, ServerAnalyst
+from ledger.warehouse.reports import QueryRefused
+from ledger.warehouse.service import (
+    ServiceError,
+    ask_service,
+    read_analyst_key,
+    service_address,
+)
+
+T = TypeVar("T")
+
+
+class WarehouseUnavailable(RuntimeError):
+    """No warehouse answered (no `ofd load` running, or it failed): pages say so, nothing else
+    fails."""
+
+
+class ServiceReader:
+    """Reads through the running `ofd load` of `data_dir`, presenting its analyst key."""
+
+    def __init__(self, data_dir: Path, limits: QueryLimits | None = None) -> None:
+        self.database = DEFAULT_DATABASE
+        self._data_dir = data_dir
+        self._limits = limits or QueryLimits()
+
+    def select(self, sql: str) -> list[Row]:
+        address = service_address(self._data_dir)
+        if address is None:
+            raise WarehouseUnavailable(
+                f"no warehouse service runs for {self._data_dir} (start `ofd load`)"
+            )
+        try:
+            return ask_service(
+                address,
+                "/query",
+                {"sql": sql},
+                key=read_analyst_key(self._data_dir),
+                timeout=self._limits.timeout,
+            )
+        except ServiceError as err:
+            raise WarehouseUnavailable(str(err)) from err
+
+
+def reader_for(data_dir: Path, clickhouse_url: str | None) -> Reader:
+    if clickhouse_url:
+        return ServerAnalyst(clickhouse_url, DEFAULT_DATABASE, QueryLimits())
+    return ServiceReader(data_dir)
+
+
+class Documents:
+    """The cabinet's warehouse: `run(read, *args)` calls a sync read with the reader, in a
+    worker thread, at most `concurrency` at once."""
+
+    def __init__(self, reader: Reader, concurrency: int) -> None:
+        self.reader = reader
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def run(self, read: Callable[..., T], *args: object) -> T:
+        async with self._slots:
+            try:
+                return await asyncio.to_thread(read, self.reader, *args)
+            except (WarehouseUnavailable, QueryRefused):
+                raise  # QueryRefused: the caller's parameters (a period too long, ...)
+            except Exception as err:  # the engine's own errors: the page says it is unavailable
+                raise WarehouseUnavailable(f"the warehouse failed: {err}") from err

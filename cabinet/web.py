@@ -1,0 +1,225 @@
+"""What every page of the cabinet shares: the process's context, templates, form fields and the
+answers to the domain's errors."""
+
+import asyncio
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+import jinja2
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from cabinet.settings import WebSettings
+from cabinet.warehouse import Documents
+from ingest.limits import FailureLimiter
+from ledger.cabinet_sessions import Session
+from ledger.cabinet_users import SECTIONS, USERS_SECTION, Access
+from ledger.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    RegistryError,
+)
+from ledger.lifecycle import DeviceStatus
+
+COOKIE = "ofd_session"
+LOGIN_COOKIE = "ofd_login"  # the login form's CSRF value (double submit: no session yet)
+MAX_TEXT = 500  # characters of any text field the cabinet takes
+MICRO = Decimal(1_000_000)  # coordinates: degrees times a million, as devices carry them
+
+SECTION_TITLES = {
+    "organization": "Организация",
+    "points": "Торговые точки",
+    "devices": "ККМ",
+    "token": "Токен",
+    "transactions": "Транзакции",
+    "reports": "Отчёты",
+    USERS_SECTION: "Пользователи и группы",
+}
+STATUS_TITLES = {
+    DeviceStatus.AWAITING_REGISTRATION: "Ожидает регистрации в КГД",
+    DeviceStatus.REGISTERED: "Зарегистрирована",
+    DeviceStatus.AWAITING_DEREGISTRATION: "Ожидает снятия с учёта",
+    DeviceStatus.DEREGISTERED: "Снята с учёта",
+}
+OPERATION_TITLES = {
+    "BUY": "Покупка",
+    "BUY_RETURN": "Возврат покупки",
+    "SELL": "Продажа",
+    "SELL_RETURN": "Возврат продажи",
+}
+PAYMENT_TITLES = {0: "Наличные", 1: "Банковская карта", 4: "Мобильный платёж"}
+# Fixed texts a redirect may name (?done=...): a URL never carries text that the page shows.
+DONE = {
+    "saved": "Сохранено.",
+    "added": "Добавлено.",
+    "deleted": "Удалено.",
+    "registered": "Заявка на регистрацию подана: ККМ ожидает регистрации в КГД.",
+    "moved": "Статус ККМ изменён.",
+}
+
+
+@dataclass(slots=True)
+class Cabinet:
+    """One cabinet process: its settings, database pool, warehouse, templates and limiters."""
+
+    settings: WebSettings
+    pool: asyncpg.Pool
+    documents: Documents
+    templates: jinja2.Environment
+    login_failures: FailureLimiter
+    check_misses: FailureLimiter
+    kdf: asyncio.Semaphore
+    check_url: str
+    kdf_waiting: int = 0
+
+
+CABINET = web.AppKey("cabinet", Cabinet)
+# Set by the session middleware on every request: None when no live session came with it.
+SESSION: web.RequestKey[Session | None] = web.RequestKey("session")
+ACCESS: web.RequestKey[Access | None] = web.RequestKey("access")
+
+
+def cabinet(request: web.Request) -> Cabinet:
+    found: Cabinet = request.app[CABINET]
+    return found
+
+
+def access(request: web.Request) -> Access:
+    """The signed-in user's access (the session middleware let the request through)."""
+    found: Access | None = request.get(ACCESS)
+    if found is None:  # a public page asked for it: a bug, not the caller's doing
+        raise PermissionDenied("not signed in")
+    return found
+
+
+def tenge(tiyn: int) -> str:
+    sign = "-" if tiyn < 0 else ""
+    whole, part = divmod(abs(int(tiyn)), 100)
+    return f"{sign}{whole:,}".replace(",", " ") + f",{part:02d} ₸"
+
+
+def quantity(thousandths: int) -> str:
+    whole, part = divmod(int(thousandths), 1000)
+    return f"{whole}" if not part else f"{whole},{part:03d}".rstrip("0")
+
+
+def percent(hundredths: int) -> str:
+    whole, part = divmod(int(hundredths), 100)
+    return f"{whole}%" if not part else f"{whole},{part:02d}".rstrip("0") + "%"
+
+
+def degrees(micro: int) -> str:
+    return f"{Decimal(micro) / MICRO:.6f}"
+
+
+def make_templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cabinet", "templates"),
+        autoescape=True,  # every value is escaped unless a template says otherwise (none does)
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(tenge=tenge, quantity=quantity, degrees=degrees, percent=percent)
+    env.globals.update(
+        SECTIONS=SECTIONS,
+        SECTION_TITLES=SECTION_TITLES,
+        STATUS_TITLES=STATUS_TITLES,
+        OPERATION_TITLES=OPERATION_TITLES,
+        PAYMENT_TITLES=PAYMENT_TITLES,
+    )
+    return env
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    session = request.get(SESSION)
+    found = request.get(ACCESS)
+    sections = [] if found is None else [s for s in (*SECTIONS, USERS_SECTION) if found.may(s)]
+    done = DONE.get(request.query.get("done", ""), "")
+    text = (
+        cabinet(request)
+        .templates.get_template(template)
+        .render(
+            user=None if found is None else found.user,
+            csrf="" if session is None else session.csrf_token,
+            nav=sections,
+            done=done,
+            **context,
+        )
+    )
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a POST, the browser GETs the page (a reload does not resend)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+STATUS_OF_ERROR: dict[type[RegistryError], int] = {
+    NotFound: 404,
+    PermissionDenied: 403,
+    PreconditionFailed: 409,
+    AlreadyExists: 409,
+    InvalidRequest: 400,
+}
+
+
+def error_status(err: RegistryError) -> int:
+    for kind, status in STATUS_OF_ERROR.items():
+        if isinstance(err, kind):
+            return status
+    return 400
+
+
+def error_page(request: web.Request, status: int, message: str) -> web.Response:
+    return render(request, "error.html", status=status, message=message)
+
+
+def text(form: MultiDictProxy[Any], name: str, *, required: bool = False) -> str:
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name}: text expected")
+    value = value.strip()
+    if len(value) > MAX_TEXT:
+        raise InvalidRequest(f"{name}: longer than {MAX_TEXT} characters")
+    if required and not value:
+        raise InvalidRequest(f"{name}: required")
+    return value
+
+
+def number(form: MultiDictProxy[Any], name: str, *, low: int = 0, high: int = 2**31 - 1) -> int:
+    raw = text(form, name, required=True)
+    if not raw.isdigit() or len(raw) > 12:
+        raise InvalidRequest(f"{name}: a whole number expected")
+    value = int(raw)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name}: between {low} and {high}")
+    return value
+
+
+def coordinate(form: MultiDictProxy[Any], name: str) -> int:
+    """Degrees (e.g. 43.238949) as the registry keeps them: times a million, 0..2147.483647."""
+    raw = text(form, name) or "0"
+    try:
+        value = (Decimal(raw.replace(",", ".")) * MICRO).to_integral_value()
+    except InvalidOperation as err:
+        raise InvalidRequest(f"{name}: degrees expected, such as 43.238949") from err
+    if not 0 <= value <= 2**31 - 1:
+        raise InvalidRequest(f"{name}: out of range")
+    return int(value)
+
+
+def ids(form: MultiDictProxy[Any], name: str) -> set[int]:
+    found: set[int] = set()
+    for value in form.getall(name, []):
+        if not isinstance(value, str) or not value.isdigit() or len(value) > 12:
+            raise InvalidRequest(f"{name}: ids expected")
+        found.add(int(value))
+    return found
