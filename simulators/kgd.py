@@ -3,8 +3,9 @@ HTTP, for tests, the demo and the benchmarks.
 
 - Applications: held as pending, decided `decision_delay` seconds after they arrive. A register
   is refused when its serial is already registered under another system id ("serial already
-  registered elsewhere"), or with the reason given for its serial in `refuse_serials`; otherwise
-  accepted. Idempotent by application_id: a resend is answered with the current status.
+  registered elsewhere"); any application of a serial in `refuse_serials` is refused with the
+  reason given there; otherwise accepted. Idempotent by application_id: a resend is answered
+  with the current status.
 - Documents: stored once per document_id, acknowledged as accepted or duplicate. Every receipt
   of a document is counted, so a test can prove exactly once (each held once, none missing) and
   see how many resends the OFD made (`duplicates`). The order in which each register's documents
@@ -167,6 +168,9 @@ class SimulatedKgd:
         system_id = int(held.body.get("system_id", 0))
         kind = held.body.get("kind")
         if kind == "deregistration":
+            if serial in self.refuse_serials:
+                held.status, held.reason = "refused", self.refuse_serials[serial]
+                return held
             held.status = "accepted"
             if self.registered_serials.get(serial) == system_id:
                 del self.registered_serials[serial]

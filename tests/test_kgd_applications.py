@@ -204,3 +204,20 @@ async def test_operator_activation_overrides_the_application(stage: Stage) -> No
     # The KGD's later answer is not acted on: the worker has nothing open to ask about.
     stage.kgd.faults.decision_delay = 0.0
     assert await stage.worker.step() == 0
+
+
+async def test_refused_deregistration_moves_the_device_back_to_registered(stage: Stage) -> None:
+    system_id = await stage.add_device("SN-STAYS")
+    await stage.until(system_id, pb.DEVICE_STATUS_REGISTERED)
+    stage.kgd.refuse_serials["SN-STAYS"] = "unsent documents of the register"
+    await stage.call("RequestDeregistration", pb.DeviceRef(system_id=system_id))
+    assert (await stage.show(system_id)).device.status == pb.DEVICE_STATUS_AWAITING_DEREGISTRATION
+
+    async with asyncio.timeout(WAIT):
+        while (shown := await stage.show(system_id)).kgd_application_status != "refused":
+            await stage.worker.step()
+    assert shown.device.status == pb.DEVICE_STATUS_REGISTERED
+    assert shown.kgd_application_kind == "deregistration"
+    assert shown.kgd_application_reason == "unsent documents of the register"
+    refused = [d for _, a, d in await stage.audit(system_id) if a == "KgdApplicationRefused"]
+    assert refused[0]["moved"] == "registered"
