@@ -110,13 +110,13 @@ class Footprint:
 # Measured by this module on 2026-12-06 (this machine, protocol 2.0.4, the load generator's
 # receipts of 1-5 lines): used with --no-measure when no earlier capacity.json holds one.
 FALLBACK_FOOTPRINT = Footprint(
-    journal_bytes=504.0,
-    kafka_bytes=156.0,
-    wal_bytes=1040.0,
+    journal_bytes=505.0,
+    kafka_bytes=154.0,
+    wal_bytes=1037.0,
     state_row_bytes=1000.0,
     registry_row_bytes=106.0,
-    warehouse_bytes=271.0,
-    receipts=7455,
+    warehouse_bytes=289.0,
+    receipts=16_816,
     source="measured by benchmarks.capacity on 2026-12-06 (FALLBACK_FOOTPRINT)",
 )
 
