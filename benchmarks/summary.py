@@ -137,8 +137,8 @@ def _capacity(doc: dict[str, Any]) -> Headline:
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Headline]]] = {
     "ingest": ("gateway vs echo floor (benchmarks.run, local journal)", _ingest),
     "scale": ("scale curve, persistent connections, local journal", _scale),
-    "scale-kafka": ("scale curve, persistent connections, Kafka journal (tansu) + PostgreSQL",
-                    _scale),
+    "scale-kafka": ("scale curve, persistent connections, Kafka journal (Apache Kafka) + "
+                    "PostgreSQL", _scale),
     "warehouse": ("warehouse loader", _warehouse),
     "cost_model": ("cost model", _cost_model),
     "capacity": ("capacity model (benchmarks.capacity)", _capacity),
