@@ -10,7 +10,7 @@ Measured inputs, each with where it came from (the output names the source of ev
   connection mode of --mode (per-request by default: the reference client opens a connection per
   request; persistent connections cost about half).
 - Kafka records per second per broker: bench-results/kafka_producer.json, the production journal
-  (acks=all, idempotent, lz4) in batches of 1,024, on tansu.
+  (acks=all, idempotent, lz4) in batches of 1,024, against the broker that benchmark starts.
 - warehouse rows per second per loader: bench-results/warehouse.json.
 - footprint, measured here unless --no-measure: a gateway on the embedded default takes receipts
   from the load generator for --seconds; then the journal's records give the bytes per document
