@@ -41,7 +41,7 @@ test: lint
 	$(BIN)/pytest -q
 
 # Gateway against its echo floor, its scale curve over fleet sizes (local journal, then the
-# production path: Kafka on tansu plus PostgreSQL), then each layer against its own floor, the
+# production path: Apache Kafka plus PostgreSQL), then each layer against its own floor, the
 # cost model built from them, the warehouse loader and the KGD forwarder (bench-results/*.json);
 # then the capacity model for 1.2 million registers from all of these (it also runs a gateway
 # briefly to measure bytes per receipt); last, the headline numbers of them all

@@ -58,8 +58,8 @@ LOG4J_VERSION = "2.24.3"
 HOME_ENV = "OFD_KAFKA_HOME"
 DEFAULT_HOME = Path("~/.cache/ofd-gateway/kafka")
 
-# Tests scan 29100-29499, benchmarks 29500-29599 (tansu used 19092-19299, PostgreSQL 15432-,
-# Mosquitto 11883-), so a test session and a benchmark can run at once.
+# Tests scan 29100-29499, benchmarks 29500-29599 (PostgreSQL scans from 15432, Mosquitto from
+# 11883), so a test session and a benchmark can run at once.
 TEST_PORTS = range(29100, 29500)
 BENCH_PORTS = range(29500, 29600)
 
