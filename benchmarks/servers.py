@@ -13,6 +13,7 @@ from simulators.stage.processes import ServerFailed, ServerProcess, ready_or_sto
 from simulators.stage.processes import start_gateway as start_gateway_process
 
 HOST = "127.0.0.1"
+LOAD_CONNECTIONS_PER_SOURCE = 100_000
 # Fixed ports below the ephemeral range (32768-60999): a client connection opened in between
 # cannot take them, and a scan finds ones nobody else holds.
 PORT_RANGE = range(17801, 17900)
@@ -84,6 +85,10 @@ def start_gateway(
         data_dir,
         "--host",
         HOST,
+        # The whole load comes from one loopback address: a fleet of one-shot connections
+        # would be one source far past what a NAT in front of registers opens at once.
+        "--max-connections-per-source",
+        str(LOAD_CONNECTIONS_PER_SOURCE),
         "--secret-hex",
         secret_hex,
         *grpc_args,

@@ -77,6 +77,15 @@ class GrpcServer:
         await self._server.stop(grace=1.0)
 
 
+def _tcp_server(settings: Settings, pipeline: Pipeline, metrics: GatewayMetrics) -> TcpServer:
+    """The device TCP server, its limits and the refusal log cap watched by the metrics."""
+    tcp = TcpServer(settings.server, metrics.timed(pipeline.handle, "tcp"))
+    metrics.watch_tcp(tcp.stats)
+    metrics.watch_guessing(tcp.guard)
+    metrics.watch_refusal_logs(pipeline.refusal_logs)
+    return tcp
+
+
 async def database_url_for(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
@@ -133,7 +142,12 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         pipeline = Pipeline(
             pool,
             committer,
-            PipelineSettings(settings.gateway_id, settings.fiscal, settings.commit.db_timeout),
+            PipelineSettings(
+                settings.gateway_id,
+                settings.fiscal,
+                settings.commit.db_timeout,
+                settings.refusal_logs_per_device,
+            ),
         )
         metrics.watch_shifts(pipeline.shift_stats)
         metrics.watch_offline(pool)
@@ -142,8 +156,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         if notifier is not None:
             pipeline.on_event = notifier.publish
             metrics.watch_notifier(notifier.stats)
-        tcp = TcpServer(settings.server, metrics.timed(pipeline.handle, "tcp"))
-        metrics.watch_tcp(tcp.stats)
+        tcp = _tcp_server(settings, pipeline, metrics)
         ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
         metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
         control, grpc_ingest_server = _grpc_servers(settings, pool, pipeline, ingest, metrics)

@@ -48,8 +48,16 @@ from google.protobuf.json_format import MessageToDict
 from cabinet.cli import add_web_commands
 from ingest.app import serve
 from ingest.control.client import ControlClient, find_key
+from ingest.guessing import (
+    DEFAULT_CHECKS_PER_SOURCE,
+    DEFAULT_DEVICE_THRESHOLD,
+    DEFAULT_PENALTY_SECONDS,
+    DEFAULT_TOKEN_FAILURES,
+    GuessSettings,
+)
 from ingest.kgd_cli import add_kgd_commands
 from ingest.limits import FailureBudget
+from ingest.logs import REFUSAL_LOGS_PER_DEVICE
 from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.query_cli import add_warehouse_commands
 from ingest.settings import (
@@ -63,7 +71,14 @@ from ingest.settings import (
     default_gateway_id,
     load_secret,
 )
-from ingest.tcp_server import ServerSettings
+from ingest.tcp_server import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_SOURCE,
+    PARTIAL_FRAME_BUDGET,
+    PARTIAL_FRAME_BUDGET_PER_SOURCE,
+    UNAUTHENTICATED_TIMEOUT,
+    ServerSettings,
+)
 from ledger.errors import OfdError
 from ledger.fiscal import FiscalSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
@@ -95,7 +110,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         data_dir=data_dir,
         database_url=args.database_url or None,
         gateway_id=args.gateway_id,
-        server=ServerSettings(host=args.host, port=args.port, reuse_port=args.reuse_port),
+        server=_server_settings(args),
         control_host=args.control_host,
         control_port=args.control_port,
         commit=CommitSettings(workers=args.commit_workers),
@@ -113,6 +128,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         mqtt_url=args.mqtt_url or None,
         offline_alert_seconds=args.offline_alert_seconds,
         log_level=args.log_level,
+        refusal_logs_per_device=args.refusal_logs_per_device,
     )
 
 
@@ -350,7 +366,123 @@ def _add_serve(sub: Any) -> None:
         default=_env("OFD_LOG_LEVEL", "info"),
         help="JSON logs on stderr; debug adds a line per answered request",
     )
+    _add_limits(serve)
     serve.set_defaults(run=_run_serve)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (powers of 1024)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    try:
+        return int(text[:-1] if scale > 1 else text) * scale
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (say 65536, 64K or 64M)") from err
+
+
+def _server_settings(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        host=args.host,
+        port=args.port,
+        reuse_port=args.reuse_port,
+        max_connections=args.max_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        unauthenticated_timeout=args.unauthenticated_timeout,
+        partial_frame_budget=args.partial_frame_budget,
+        partial_frame_budget_per_source=args.partial_frame_budget_per_source,
+        proxy_protocol=args.proxy_protocol,
+        guessing=GuessSettings(
+            failures=FailureBudget(args.token_failures, 60.0),
+            penalty_seconds=args.token_penalty,
+            checks_per_source=args.token_checks_per_source,
+            device_threshold=args.device_token_failures,
+        ),
+    )
+
+
+def _add_limits(serve: argparse.ArgumentParser) -> None:
+    """What one client may take of the device TCP server (README, "Limits on what one client
+    can take")."""
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("OFD_MAX_CONNECTIONS", str(MAX_CONNECTIONS))),
+        help="device TCP connections at once; when full, the oldest idle connection never"
+        f" answered OK makes room (default {MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
+        "--max-connections-per-source",
+        type=int,
+        default=int(_env("OFD_MAX_CONNECTIONS_PER_SOURCE", str(MAX_CONNECTIONS_PER_SOURCE))),
+        help="connections one address (an IPv6 /64) may hold that have not been answered OK for"
+        " a known device; connections serving devices do not count, so a NAT carrying many"
+        f" registers is not limited (default {MAX_CONNECTIONS_PER_SOURCE})",
+    )
+    serve.add_argument(
+        "--unauthenticated-timeout",
+        type=float,
+        default=float(_env("OFD_UNAUTHENTICATED_TIMEOUT", str(UNAUTHENTICATED_TIMEOUT))),
+        help="seconds a connection may stay open without a request answered OK"
+        f" (default {UNAUTHENTICATED_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--partial-frame-budget",
+        type=_size,
+        default=_env("OFD_PARTIAL_FRAME_BUDGET", str(PARTIAL_FRAME_BUDGET)),  # type applies
+        help="bytes held for requests not yet answered (half-received frames included), all"
+        " connections together; past it, connections holding bytes stop reading"
+        f" (default {PARTIAL_FRAME_BUDGET >> 20}M)",
+    )
+    serve.add_argument(
+        "--partial-frame-budget-per-source",
+        type=_size,
+        default=_env("OFD_PARTIAL_FRAME_BUDGET_PER_SOURCE", str(PARTIAL_FRAME_BUDGET_PER_SOURCE)),
+        help=f"the same, per source address (default {PARTIAL_FRAME_BUDGET_PER_SOURCE >> 20}M)",
+    )
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        default=_env("OFD_PROXY_PROTOCOL", "") not in ("", "0", "false", "no"),
+        help="every device connection starts with a PROXY protocol v2 header (from an L4"
+        " balancer); its source address is the one limits count; a connection without a"
+        " valid one is closed (default off)",
+    )
+    serve.add_argument(
+        "--token-failures",
+        type=int,
+        default=int(_env("OFD_TOKEN_FAILURES", str(DEFAULT_TOKEN_FAILURES.failures))),
+        help="unknown-id and wrong-token answers one address may get per minute before its"
+        f" token checks are gated (default {DEFAULT_TOKEN_FAILURES.failures})",
+    )
+    serve.add_argument(
+        "--token-penalty",
+        type=float,
+        default=float(_env("OFD_TOKEN_PENALTY", str(DEFAULT_PENALTY_SECONDS))),
+        help="seconds a failed token check of a gated address holds its slot before it is"
+        f" answered (default {DEFAULT_PENALTY_SECONDS:g})",
+    )
+    serve.add_argument(
+        "--token-checks-per-source",
+        type=int,
+        default=int(_env("OFD_TOKEN_CHECKS_PER_SOURCE", str(DEFAULT_CHECKS_PER_SOURCE))),
+        help="token checks a gated address may have in flight: with --token-penalty, at most"
+        " this many / penalty guesses a second; correct tokens are never delayed by a penalty"
+        f" (default {DEFAULT_CHECKS_PER_SOURCE})",
+    )
+    serve.add_argument(
+        "--device-token-failures",
+        type=int,
+        default=int(_env("OFD_DEVICE_TOKEN_FAILURES", str(DEFAULT_DEVICE_THRESHOLD))),
+        help="token failures of one device per minute, from any address, after which it is"
+        f" counted and logged once (default {DEFAULT_DEVICE_THRESHOLD})",
+    )
+    serve.add_argument(
+        "--refusal-logs-per-device",
+        type=int,
+        default=int(_env("OFD_REFUSAL_LOGS_PER_DEVICE", str(REFUSAL_LOGS_PER_DEVICE))),
+        help="refusal log lines per device per minute; the rest are counted, and the next"
+        f" line says how many were left out (default {REFUSAL_LOGS_PER_DEVICE})",
+    )
 
 
 def _control_command(

@@ -31,8 +31,17 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_journal_replayed_total, ofd_journal_outages_total   records spooled and replayed, outages
     ofd_journal_torn_tail_bytes_total, _torn_tails_total    a torn tail the local journal (or the
                                                             spool) cut when it was opened
-    ofd_connections_active / _total / _refused_total        device TCP connections
+    ofd_connections_active / _total                         device TCP connections
+    ofd_connections_refused_total{reason}                   global, per_source, proxy_header
+    ofd_connections_evicted_total{reason}                   idle unauthenticated, closed for room
+    ofd_connections_unauthenticated, _closed_total          no request answered OK (yet, in time)
     ofd_connections_timed_out_total                         closed by the read or idle timeout
+    ofd_partial_frame_bytes, _peak, _pauses_total,          bytes held for requests not answered
+    ofd_partial_frame_waiting_connections                   and who waits for the budget
+    ofd_token_checks_waiting, ofd_token_penalties_total,    token guessing gated per source
+    ofd_token_checks_abandoned_total                        (its budget: ofd_limited_*)
+    ofd_token_failure_devices_total                         devices past --device-token-failures
+    ofd_log_lines_suppressed_total{kind}                    log lines left out by their caps
     ofd_frame_errors_total{transport}                       framing lost (TCP) or bad metadata
     ofd_shifts_closed_total                                 shifts closed (CLOSE_SHIFT durable)
     ofd_z_report_mismatches_total                           closes whose device Z report differed
@@ -65,7 +74,9 @@ from prometheus_client.core import (
 )
 
 from ingest.codec import Frame
+from ingest.guessing import GuessStats, TokenGuard
 from ingest.limits import FailureLimiter
+from ingest.logs import LogCap
 from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
@@ -268,6 +279,8 @@ class GatewayMetrics:
         self._server_stats: ServerStats | None = None
         self._frame_errors: dict[str, Callable[[], int]] = {}
         self._limiters: dict[str, FailureLimiter] = {}
+        self._guard: TokenGuard | None = None
+        self._log_caps: dict[str, LogCap] = {}
         # MQTT notifications: the notifier's stats (ingest/notifications.NotifierStats).
         self._notifier: Any = None
         self._shifts: ShiftStats | None = None
@@ -316,6 +329,15 @@ class GatewayMetrics:
     def watch_failures(self, name: str, limiter: FailureLimiter) -> None:
         """A per-source failure budget (ingest/limits.py): failures, refusals, sources held."""
         self._limiters[name] = limiter
+
+    def watch_guessing(self, guard: TokenGuard) -> None:
+        """Token guessing (ingest/guessing.py): the per-source budget, gates and devices."""
+        self._guard = guard
+        self.watch_failures("device_token", guard.limiter)
+
+    def watch_refusal_logs(self, cap: LogCap) -> None:
+        """Refusal log lines left out by their cap (ingest/logs.LogCap)."""
+        self._log_caps["refusal"] = cap
 
     def watch_frame_errors(self, transport: str, count: Callable[[], int]) -> None:
         self._frame_errors[transport] = count
@@ -554,15 +576,11 @@ class GatewayMetrics:
             "ofd_connections", "Device TCP connections accepted.", value=stats.accepted
         )
         yield CounterMetricFamily(
-            "ofd_connections_refused",
-            "Device TCP connections refused over the connection limit.",
-            value=stats.refused_over_limit,
-        )
-        yield CounterMetricFamily(
             "ofd_connections_timed_out",
             "Device TCP connections closed by the read or idle timeout.",
             value=stats.timed_out,
         )
+        yield from _client_limit_families(stats)
         errors = CounterMetricFamily(
             "ofd_frame_errors",
             "Requests whose framing (TCP) or header metadata (gRPC) could not be read.",
@@ -596,3 +614,89 @@ class GatewayMetrics:
         yield failures
         yield refused
         yield sources
+        yield from _guessing_families(self._guard.stats if self._guard else GuessStats())
+        suppressed = CounterMetricFamily(
+            "ofd_log_lines_suppressed",
+            "Log lines left out by a per-device or overall cap, by kind.",
+            labels=["kind"],
+        )
+        for kind, cap in self._log_caps.copy().items():
+            suppressed.add_metric([kind], cap.suppressed)
+        yield suppressed
+
+
+def _client_limit_families(stats: ServerStats) -> Iterator[Metric]:
+    """What one client may take of the TCP server (ingest/tcp_limits.py)."""
+    slots, held = stats.slots, stats.held
+    refused = CounterMetricFamily(
+        "ofd_connections_refused",
+        "Device TCP connections refused: over the global or per-source limit with no idle"
+        " unauthenticated connection to close instead, or without a valid PROXY header.",
+        labels=["reason"],
+    )
+    refused.add_metric(["global"], slots.refused_global)
+    refused.add_metric(["per_source"], slots.refused_per_source)
+    refused.add_metric(["proxy_header"], stats.proxy_header_errors)
+    yield refused
+    evicted = CounterMetricFamily(
+        "ofd_connections_evicted",
+        "Idle connections never answered OK, closed to make room for a new one, by limit.",
+        labels=["reason"],
+    )
+    evicted.add_metric(["global"], slots.evicted_global)
+    evicted.add_metric(["per_source"], slots.evicted_per_source)
+    yield evicted
+    yield GaugeMetricFamily(
+        "ofd_connections_unauthenticated",
+        "Device TCP connections open now that have had no request answered OK.",
+        value=slots.unauthenticated,
+    )
+    yield CounterMetricFamily(
+        "ofd_connections_unauthenticated_closed",
+        "Connections closed by the unauthenticated timeout (no request answered OK in time).",
+        value=stats.unauthenticated_closed,
+    )
+    yield GaugeMetricFamily(
+        "ofd_partial_frame_bytes",
+        "Bytes held for device requests not yet answered (half-received frames included).",
+        value=held.held,
+    )
+    yield GaugeMetricFamily(
+        "ofd_partial_frame_bytes_peak",
+        "The most bytes ever held at once for requests not yet answered.",
+        value=held.peak,
+    )
+    yield CounterMetricFamily(
+        "ofd_partial_frame_pauses",
+        "Times a connection stopped reading because the partial-frame budget was spent.",
+        value=held.pauses,
+    )
+    yield GaugeMetricFamily(
+        "ofd_partial_frame_waiting_connections",
+        "Connections waiting for the partial-frame budget now.",
+        value=held.waiting,
+    )
+
+
+def _guessing_families(stats: GuessStats) -> Iterator[Metric]:
+    """Token guessing (ingest/guessing.py); the per-source budget is ofd_limited_*."""
+    yield GaugeMetricFamily(
+        "ofd_token_checks_waiting",
+        "Requests of over-budget sources waiting for a token-check slot now.",
+        value=stats.waiting,
+    )
+    yield CounterMetricFamily(
+        "ofd_token_penalties",
+        "Unknown-id or wrong-token answers of over-budget sources held for the penalty.",
+        value=stats.penalized,
+    )
+    yield CounterMetricFamily(
+        "ofd_token_checks_abandoned",
+        "Requests dropped unchecked: their connection closed while waiting for a slot.",
+        value=stats.abandoned,
+    )
+    yield CounterMetricFamily(
+        "ofd_token_failure_devices",
+        "Times a device's token failed --device-token-failures times within a minute.",
+        value=stats.devices_over_threshold,
+    )

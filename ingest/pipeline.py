@@ -23,6 +23,7 @@ import structlog
 
 from ingest.body import parse_request, peek_command, refusal_frame, response_frame
 from ingest.codec import Frame, FrameHeader, encode
+from ingest.logs import REFUSAL_LOGS_PER_DEVICE, LogCap
 from ingest.notifications import Notify, no_notify
 from ledger.commands import Outcome, RequestContext, handler_for
 from ledger.device_state import DeviceState, RegInfo, ShiftReport
@@ -54,6 +55,7 @@ class PipelineSettings:
     gateway_id: str
     fiscal: FiscalSettings
     db_timeout: float = 3.0
+    refusal_logs_per_device: int = REFUSAL_LOGS_PER_DEVICE
 
 
 def next_state(
@@ -109,22 +111,6 @@ def next_state(
         offline_since,
         offline,  # offline_write
     )
-
-
-def _refused(header: FrameHeader, command: int, refusal: Refusal) -> bytes:
-    """The refusal's answer frame, logged: a wrong token, a stale number or a bad receipt is
-    what an operator searches the log for, by device and request number."""
-    log.info(
-        "request refused",
-        device_id=header.device_id,
-        request_number=header.request_number,
-        version=header.version,
-        command=command,
-        result=int(refusal.code),
-        result_name=refusal.code.name,
-        reason=refusal.text,
-    )
-    return refusal_frame(header, command, refusal)
 
 
 def _window_start(since: datetime | None, change: OfflineWrite) -> datetime | None:
@@ -187,6 +173,27 @@ class Pipeline:
         # Notifications (ingest/notifications.py): queued without waiting, never on the wire.
         self.on_event: Notify = no_notify
         self._software = SoftwareSeen(pool, settings.db_timeout)
+        self.refusal_logs = LogCap(settings.refusal_logs_per_device)
+
+    def _refused(self, header: FrameHeader, command: int, refusal: Refusal) -> bytes:
+        """The refusal's answer frame, logged: a wrong token, a stale number or a bad receipt is
+        what an operator searches the log for, by device and request number. At most
+        refusal_logs_per_device lines per device a minute (ingest/logs.LogCap): a device in a
+        loop, or ids sprayed by a guesser, must not fill the disk."""
+        left_out = self.refusal_logs.allow(header.device_id)
+        if left_out is not None:
+            log.info(
+                "request refused",
+                device_id=header.device_id,
+                request_number=header.request_number,
+                version=header.version,
+                command=command,
+                result=int(refusal.code),
+                result_name=refusal.code.name,
+                reason=refusal.text,
+                **({"refusals_not_logged": left_out} if left_out else {}),
+            )
+        return refusal_frame(header, command, refusal)
 
     def forget(self, device_id: int) -> None:
         """Drops the cached state of a device (the control API changed it)."""
@@ -214,7 +221,7 @@ class Pipeline:
         try:
             request = parse_request(schema, frame.body)
         except Refusal as refusal:
-            return _refused(header, 0, refusal)
+            return self._refused(header, 0, refusal)
         command = int(request.command)
         await self._locks.acquire(header.device_id)
         try:
@@ -224,7 +231,7 @@ class Pipeline:
                 except StateConflict:
                     self.forget(header.device_id)
                 except Refusal as refusal:
-                    return _refused(header, command, refusal)
+                    return self._refused(header, command, refusal)
                 except SinkError as err:
                     # The batch may or may not have committed: only a fresh read can tell.
                     self.forget(header.device_id)
@@ -239,7 +246,7 @@ class Pipeline:
         finally:
             self._locks.release(header.device_id)
         busy = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "device state kept changing")
-        return _refused(header, command, busy)
+        return self._refused(header, command, busy)
 
     async def _load(self, device_id: int) -> DeviceState | None:
         state = await self._loads.load(device_id)

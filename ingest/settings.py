@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.limits import DEFAULT_CONTROL_AUTH_FAILURES, FailureBudget
+from ingest.logs import REFUSAL_LOGS_PER_DEVICE
 from ingest.notifications import MqttSettings
 from ingest.tcp_server import ServerSettings
 from ledger.fiscal import FiscalSettings
@@ -61,6 +62,8 @@ class Settings:
     alert_scan_seconds: float = 60.0
     # "debug" adds one line per answered request; "info" logs refusals and failures only.
     log_level: str = "info"
+    # Refusal log lines one device may cause per minute (ingest/logs.LogCap).
+    refusal_logs_per_device: int = REFUSAL_LOGS_PER_DEVICE
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:

@@ -635,7 +635,8 @@ def _own_gateway(config: FleetConfig, keep: bool) -> tuple[FleetRun, JournalChec
     data_dir = Path(tempfile.mkdtemp(prefix="ofdf-", dir=TEMP_ROOT))
     try:
         print(f"starting a gateway on the embedded default in {data_dir} ...", flush=True)
-        server = start_gateway(data_dir, "--host", HOST)
+        # Every simulated register connects from one loopback address: no per-source limit.
+        server = start_gateway(data_dir, "--host", HOST, "--max-connections-per-source", "100000")
         try:
             control_host, _, control_port = server.control.rpartition(":")
             endpoints = Endpoints(
