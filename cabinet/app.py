@@ -133,9 +133,7 @@ async def running_cabinet(
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
             await site.start()
-            server = site._server  # aiohttp names the bound port nowhere else
-            assert isinstance(server, asyncio.base_events.Server)
-            port = int(server.sockets[0].getsockname()[1])
+            port = int(runner.addresses[0][1])  # the one the kernel chose for port 0
             context.check_url = settings.check_url(port)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             yield RunningCabinet(f"http://{host}:{port}", port, context)

@@ -19,7 +19,8 @@ import uvloop
 from cabinet.app import serve_web
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
 from ingest.limits import FailureBudget
-from ingest.settings import DEFAULT_DATA_DIR
+from ingest.logs import configure_logging
+from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ledger import cabinet_users
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.errors import RegistryError
@@ -48,6 +49,7 @@ def _settings(args: argparse.Namespace) -> WebSettings:
 
 
 def _run_web(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     uvloop.run(serve_web(_settings(args)))
     return 0
 
@@ -137,6 +139,12 @@ def add_web_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
         type=float,
         default=float(_env("OFD_WEB_CHECK_PENDING_MINUTES", "15")),
         help="a receipt this recent and not yet in the warehouse is 'not yet received'",
+    )
+    web.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env("OFD_LOG_LEVEL", "info"),
+        help="JSON logs on stderr",
     )
     web.set_defaults(run=_run_web)
 

@@ -238,6 +238,7 @@ async def _device_page(
     found = access(request)
     async with cabinet(request).pool.acquire() as conn:
         device = await scope.device(conn, found, _id(request), "devices")
+        application = await scope.application(conn, found, device.system_id)
         point = await registry.get_trade_point(conn, device.trade_point_id)
         points = await scope.points(conn, found, "devices")
     return render(
@@ -245,6 +246,7 @@ async def _device_page(
         "device.html",
         status=status,
         device=device,
+        application=application,
         point=point,
         points=[p for p in points if p.id != device.trade_point_id],
         actions=_actions(device),

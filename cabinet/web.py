@@ -52,6 +52,18 @@ OPERATION_TITLES = {
     "SELL": "Продажа",
     "SELL_RETURN": "Возврат продажи",
 }
+APPLICATION_TITLES = {
+    "registration": "регистрация",
+    "deregistration": "снятие с учёта",
+    "reregistration": "перерегистрация",
+}
+APPLICATION_STATUS_TITLES = {
+    "pending": "ожидает отправки в КГД",
+    "sent": "на рассмотрении в КГД",
+    "accepted": "принята КГД",
+    "refused": "отклонена КГД",
+    "overridden": "решена оператором ОФД",
+}
 PAYMENT_TITLES = {0: "Наличные", 1: "Банковская карта", 4: "Мобильный платёж"}
 # Fixed texts a redirect may name (?done=...): a URL never carries text that the page shows.
 DONE = {
@@ -132,6 +144,8 @@ def make_templates() -> jinja2.Environment:
         STATUS_TITLES=STATUS_TITLES,
         OPERATION_TITLES=OPERATION_TITLES,
         PAYMENT_TITLES=PAYMENT_TITLES,
+        APPLICATION_TITLES=APPLICATION_TITLES,
+        APPLICATION_STATUS_TITLES=APPLICATION_STATUS_TITLES,
     )
     return env
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from ledger import registry
 from ledger.cabinet_users import Access
 from ledger.errors import NotFound, PermissionDenied, PreconditionFailed
+from ledger.kgd import filing
 from ledger.lifecycle import Action
 from ledger.state_store import Conn
 
@@ -131,6 +132,13 @@ async def device(conn: Conn, access: Access, system_id: int, section: str) -> re
     if placement is None or not access.reaches(*placement):
         raise NotFound(f"no cash register {system_id}")
     return await registry.get_device(conn, system_id)
+
+
+async def application(conn: Conn, access: Access, system_id: int) -> filing.ApplicationRow | None:
+    """The register's newest application to the KGD (registration, deregistration,
+    re-registration) and what the KGD said of it."""
+    await device(conn, access, system_id, "devices")
+    return await filing.latest_application(conn, system_id)
 
 
 async def register_device(

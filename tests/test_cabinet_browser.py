@@ -89,6 +89,7 @@ async def test_a_shop_owner_registers_a_register_and_finds_its_receipts(
 
         await page.click("#get-token")
         token = int(await page.inner_text("#token"))
+        await page.screenshot(path=str(screenshots / "cabinet-kkm.png"), full_page=True)
         conn = await asyncpg.connect(database_url)
         try:
             assert await registry.current_token(conn, system_id) == token
@@ -106,6 +107,7 @@ async def test_a_shop_owner_registers_a_register_and_finds_its_receipts(
             await page.wait_for_timeout(200)
         assert await page.locator("#receipts a").count() == len(sold.signs)
         assert await page.locator("#receipts td.mark >> text=А").count() == 1
+        await page.screenshot(path=str(screenshots / "cabinet-receipts.png"), full_page=True)
         await page.click(f"text={sold.signs[2]}")  # the offline one
         await page.wait_for_selector("#fiscal-sign")
         assert await page.inner_text("#fiscal-sign") == sold.signs[2]

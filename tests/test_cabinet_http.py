@@ -31,6 +31,8 @@ async def _register(browser: Client, point_id: int, kgd: str = "640300014538") -
     )
     assert page.status == 200, page.text
     assert "Ожидает регистрации в КГД" in page.text
+    # The registration application (ledger/kgd) is filed with it, and shown.
+    assert 'id="application">регистрация: ожидает отправки в КГД' in page.text
     return int(page.url.rsplit("/", 1)[1].split("?")[0])
 
 
@@ -213,6 +215,17 @@ async def test_lifecycle_actions_are_the_taxpayers_only(tmp_path: Path, database
     async with signed_in(tmp_path, database_url, shop.main.login) as (_, browser):
         system_id = await _register(browser, shop.point.id)
         base = f"/kkm/{system_id}"
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "UPDATE kgd_applications SET status = 'refused', reason = $2 WHERE system_id = $1",
+                system_id,
+                "serial <already> registered elsewhere",
+            )
+        finally:
+            await conn.close()
+        page = await browser.get(base)
+        assert "отклонена КГД — serial &lt;already&gt; registered elsewhere" in page.text
         # Activation is the KGD's confirmation, not the taxpayer's.
         page = await browser.post(f"{base}/lifecycle", {"action": "activate"})
         assert page.status == 403
