@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup proto proto-check demo serve test lint bench clean kafka-jars
+.PHONY: setup proto proto-check demo serve web test lint bench clean kafka-jars
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ofd serve
+
+# The cabinet and the public receipt check on http://127.0.0.1:7781 (README, "The cabinet").
+web: $(STAMP)
+	$(BIN)/ofd web
 
 # Apache Kafka's server jars from Maven Central into ~/.cache/ofd-gateway/kafka/<version>
 # (OFD_KAFKA_HOME replaces ~/.cache/ofd-gateway/kafka); the tests fetch them on first use too.
