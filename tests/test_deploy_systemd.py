@@ -4,10 +4,11 @@ the CLI reads, and the user they run as is the one the sysusers file creates."""
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from deploy_files import DEPLOY, REPO, cli_args, env_file, read_by_cli
+from deploy_files import DEPLOY, cli_args, env_file, read_by_cli
 
 SYSTEMD = DEPLOY / "systemd"
 GATEWAY = SYSTEMD / "ofd-gateway@.service"
@@ -64,7 +65,7 @@ def _verify(tmp_path: Path, *units: str) -> subprocess.CompletedProcess[str]:
 
 def _copies(tmp_path: Path) -> None:
     """The units with ExecStart's binary where it is on this machine (verify wants it to exist)."""
-    ofd = REPO / ".venv" / "bin" / "ofd"
+    ofd = Path(sys.executable).parent / "ofd"  # beside the Python running the tests
     assert ofd.exists(), ofd
     for unit in (GATEWAY, LOADER, TARGET):
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_OFD, str(ofd)))
