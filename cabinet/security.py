@@ -40,6 +40,9 @@ LOGIN_BYTES = 24
 LOGIN_VALUE = re.compile(r"[A-Za-z0-9_-]{32}")  # what token_urlsafe(LOGIN_BYTES) makes
 PUBLIC_PATHS = frozenset({"/login", CHECK_PATH, "/healthz"})
 PUBLIC_PREFIXES = ("/static/",)
+# Served without even looking for a session: the check is the busiest page an OFD has, and
+# shows the same to everyone.
+SESSIONLESS = frozenset({CHECK_PATH, "/healthz"})
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self';"
@@ -84,6 +87,8 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     token = request.cookies.get(COOKIE, "")
     session = None
     request[SESSION] = request[ACCESS] = None
+    if request.path in SESSIONLESS or request.path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
     if token:
         async with context.pool.acquire() as conn:
             session = await resume_session(conn, token, context.settings.sessions)

@@ -96,6 +96,13 @@ async def test_the_owner_finds_receipts_reports_and_the_customer_checks_one(
         page = await browser.get(f"{base}/receipts", **{"from": "2026-01-01", "to": "2026-11-25"})
         assert page.status == 400
 
+        async with browser.http.get(f"{running.url}{base}/receipts.csv?shift=1") as answer:
+            assert answer.status == 200
+            assert answer.content_type == "text/csv"
+            assert "receipts-" in answer.headers["Content-Disposition"]
+            lines = (await answer.text()).lstrip("\ufeff").splitlines()
+        assert lines[0] == "mark,time,shift,number,operation,total,fiscal_sign"
+        assert lines[3] == f"А,2026-11-25 09:03:00,1,3,SELL,1300.00,{sold.signs[2]}"
         page = await browser.get(f"{base}/receipts/{sold.signs[2]}")
         assert page.status == 200
         assert "Нан &lt;b&gt;ақ&lt;/b&gt;" in page.text  # the item's name, as text
@@ -108,6 +115,9 @@ async def test_the_owner_finds_receipts_reports_and_the_customer_checks_one(
         page = await browser.get(f"{base}/reports", **{"from": "2026-11-25"})
         assert page.status == 200
         assert "<td>Z</td>" in page.text
+        async with browser.http.get(f"{running.url}{base}/reports.csv?from=2026-11-25") as answer:
+            assert answer.status == 200
+            assert ",Z,1," in await answer.text()
 
     async with loaded(tmp_path, database_url) as running, client(running) as customer:
         path, params = check_path(sold.qr_urls[0])

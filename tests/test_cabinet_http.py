@@ -285,7 +285,8 @@ async def test_another_organizations_ids_reach_nothing(tmp_path: Path, database_
             await browser.get("/")
             point, device = other.point.id, their_device
             gets = [f"/points/{point}", f"/kkm/{device}", f"/kkm/{device}/receipts",
-                    f"/kkm/{device}/reports", f"/kkm/{device}/receipts/1234567890"]  # fmt: skip
+                    f"/kkm/{device}/reports", f"/kkm/{device}/receipts/1234567890",
+                f"/kkm/{device}/receipts.csv", f"/kkm/{device}/reports.csv"]  # fmt: skip
             for path in gets:
                 page = await browser.get(path)
                 assert page.status in (403, 404), path
