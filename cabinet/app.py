@@ -11,7 +11,14 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from cabinet import check, pages_documents, pages_registry, pages_users, security
+from cabinet import (
+    check,
+    pages_analytics,
+    pages_documents,
+    pages_registry,
+    pages_users,
+    security,
+)
 from cabinet.settings import WebSettings
 from cabinet.warehouse import Documents, WarehouseUnavailable, reader_for
 from cabinet.web import CABINET, Cabinet, error_page, error_status, make_templates
@@ -91,6 +98,7 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_get(f"/kkm/{ID}/receipts.csv", pages_documents.receipts_csv)
     app.router.add_get(f"/kkm/{ID}/reports", pages_documents.reports)
     app.router.add_get(f"/kkm/{ID}/reports.csv", pages_documents.reports_csv)
+    app.router.add_get("/analytics", pages_analytics.analytics)
     app.router.add_get("/users", pages_users.show_users)
     app.router.add_post("/users", pages_users.add_user)
     app.router.add_post(f"/users/{ID}", pages_users.change_user)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import jinja2
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDictProxy, MultiMapping
 
 from cabinet.settings import WebSettings
 from cabinet.warehouse import Documents
@@ -38,6 +38,7 @@ SECTION_TITLES = {
     "token": "Токен",
     "transactions": "Транзакции",
     "reports": "Отчёты",
+    "analytics": "Аналитика",
     USERS_SECTION: "Пользователи и группы",
 }
 STATUS_TITLES = {
@@ -230,7 +231,7 @@ def coordinate(form: MultiDictProxy[Any], name: str) -> int:
     return int(value)
 
 
-def ids(form: MultiDictProxy[Any], name: str) -> set[int]:
+def ids(form: MultiMapping[Any], name: str) -> set[int]:
     found: set[int] = set()
     for value in form.getall(name, []):
         if not isinstance(value, str) or not value.isdigit() or len(value) > 12:

@@ -23,7 +23,7 @@ from ledger.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDen
 from ledger.state_store import Conn
 
 # The sections a group may grant, in the order the cabinet shows them.
-SECTIONS = ("organization", "points", "devices", "token", "transactions", "reports")
+SECTIONS = ("organization", "points", "devices", "token", "transactions", "reports", "analytics")
 USERS_SECTION = "users"  # the main user's alone
 LOGIN = re.compile(r"[A-Za-z0-9._@-]{3,64}")  # the column's CHECK says the same
 MIN_PASSWORD = 8

@@ -114,6 +114,10 @@ async def test_a_shop_owner_registers_a_register_and_finds_its_receipts(
         assert "1 300,00 ₸" in await page.inner_text("#total")
         await page.screenshot(path=str(screenshots / "cabinet-receipt.png"), full_page=True)
 
+        await page.goto(f"{running.url}/analytics?device={system_id}&from=2026-11-25&to=2026-11-25")
+        assert await page.locator("#revenue-chart rect").count() == 1
+        await page.screenshot(path=str(screenshots / "cabinet-analytics.png"), full_page=True)
+
         qr = urlsplit(sold.qr_urls[2])
         await page.goto(f"{running.url}{qr.path}?{qr.query}")
         assert "Чек получен ОФД" in await page.inner_text("#verdict")

@@ -115,6 +115,21 @@ async def test_the_owner_finds_receipts_reports_and_the_customer_checks_one(
         page = await browser.get(f"{base}/reports", **{"from": "2026-11-25"})
         assert page.status == 200
         assert "<td>Z</td>" in page.text
+        page = await browser.get(
+            "/analytics", device=str(sold.system_id), **{"from": "2026-11-25", "to": "2026-11-25"}
+        )
+        assert page.status == 200
+        assert '<svg id="revenue-chart"' in page.text
+        assert "Выручка по дням: 3 000,00 ₸" in page.text
+        assert '<td class="num">3</td><td class="num">1</td>' in page.text  # one of 3 offline
+        assert '<td>Наличные</td><td class="num">3 000,00 ₸</td>' in page.text
+        assert "<td>12%</td>" in page.text
+        assert "Возвраты продаж: 0" in page.text
+        page = await browser.get(
+            "/analytics", device=str(sold.system_id), **{"from": "2026-10-01", "to": "2026-11-25"}
+        )
+        assert page.status == 400  # one register: 31 days at most
+        assert (await browser.get("/analytics", device="4000000000")).status == 404
         async with browser.http.get(f"{running.url}{base}/reports.csv?from=2026-11-25") as answer:
             assert answer.status == 200
             assert ",Z,1," in await answer.text()

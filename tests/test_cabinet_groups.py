@@ -68,7 +68,13 @@ async def test_a_user_sees_only_the_points_and_sections_its_groups_grant(
                 assert page.status in (403, 404), path
                 assert "222000000002" not in page.text
             # Sections not granted: 403, and absent from the menu.
-            for path in ("/organization", "/points", "/users", f"/kkm/{mine}/reports"):
+            for path in (
+                "/organization",
+                "/points",
+                "/users",
+                f"/kkm/{mine}/reports",
+                "/analytics",
+            ):
                 assert (await cashier.get(path)).status == 403, path
             assert 'href="/users"' not in home.text
             assert (await cashier.get(f"/kkm/{mine}")).status == 200

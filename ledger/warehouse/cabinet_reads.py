@@ -1,6 +1,7 @@
-"""The cabinet's reads of one receipt: in full for its owner, and the public check behind the QR
-code. Lists of receipts and X/Z reports are reports.receipts_report and reports.zx_report, the
-same reports `ofd report` prints.
+"""The cabinet's reads of one receipt (in full for its owner, and the public check behind the QR
+code) and of a period's breakdown for its analytics. Lists of receipts, X/Z reports and the
+daily summary are reports.receipts_report, zx_report and summary_report, the same reports
+`ofd report` prints.
 
 Values enter the SQL as integers or as strings checked against a strict pattern first (a fiscal
 sign is digits only), never as text a caller chose; the reader is an analyst's restricted one
@@ -9,7 +10,7 @@ either way (readonly, limits), so a mistake here could read but never write.
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from ledger.warehouse.backends import Reader, Row
@@ -144,4 +145,51 @@ def matching_receipt(
         reader,
         f"device_id = {int(device_id)} AND document_time = toDateTime('{moment}', 'UTC')"
         f" AND fiscal_sign = '{fiscal_sign}' AND total = {int(total)}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """What a period's receipts of some registers add up to, beyond the daily summary
+    (reports.summary_report): money by payment type, taxes, and returns. Sums are signed by
+    direction (ledger.tally.DIRECTION): a sale's money counts in, a return's out."""
+
+    payments: tuple[tuple[int, int], ...]  # (payment type, tiyn)
+    taxes: tuple[ReceiptTax, ...]
+    returns: int  # sale returns: how many
+    returned: int  # and their total, tiyn
+
+
+def breakdown(reader: Reader, devices: list[int], start: date, end: date) -> Breakdown:
+    """For registers and days the caller has already bounded (reports.summary_report's
+    limits): integers and dates only enter the SQL."""
+    listed = ",".join(str(int(d)) for d in devices) or "0"
+    after, before = f"'{start.isoformat()}'", f"'{(end + timedelta(days=1)).isoformat()}'"
+    db = reader.database
+    where = f"device_id IN ({listed}) AND document_time >= {after} AND document_time < {before}"
+    payments = reader.select(
+        "SELECT payment_type, sum(paid * multiIf(operation IN (1, 2), 1, -1)) AS total"
+        f" FROM {db}.documents ARRAY JOIN payment_type AS payment_type, payment_sum AS paid"
+        f" WHERE command = {COMMAND_TICKET} AND {where}"
+        " GROUP BY payment_type ORDER BY payment_type"
+    )
+    taxes = reader.select(
+        "SELECT tax_type, percent, sum(turnover) AS turnover, sum(tax) AS tax"
+        f" FROM {db}.daily_tax WHERE device_id IN ({listed})"
+        f" AND day BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'"
+        " GROUP BY tax_type, percent ORDER BY tax_type, percent"
+    )
+    returns = reader.select(
+        f"SELECT count() AS n, sum(total) AS total FROM {db}.receipts"
+        f" WHERE operation = {OPERATION_NAMES.index('SELL_RETURN')} AND {where}"
+    )
+    back = returns[0] if returns else {"n": 0, "total": 0}
+    return Breakdown(
+        payments=tuple((int(p["payment_type"]), int(p["total"])) for p in payments),
+        taxes=tuple(
+            ReceiptTax(int(t["tax_type"]), int(t["percent"]), int(t["turnover"]), int(t["tax"]))
+            for t in taxes
+        ),
+        returns=int(back["n"] or 0),
+        returned=int(back["total"] or 0),
     )
