@@ -160,8 +160,7 @@ class TokenGuard:
         if trusted or not self.limiter.over_budget(source):
             answer = await handler(frame)
             code = self._result_of(answer)
-            if code in TOKEN_FAILURES:
-                self._failed(source, frame)
+            self.observe(source, frame, code)
             return answer, code
         gate = self._gates.get(source)
         if gate is None:
@@ -182,6 +181,11 @@ class TokenGuard:
         finally:
             self._give_back(gate)
             self._forget_if_idle(source, gate)
+
+    def observe(self, source: str, frame: Frame, code: int) -> None:
+        """Counts an answer given without the gate (a trusted connection's)."""
+        if code in TOKEN_FAILURES:
+            self._failed(source, frame)
 
     def _failed(self, source: str, frame: Frame) -> None:
         self.limiter.failed(source)
