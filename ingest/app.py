@@ -157,7 +157,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
             pipeline.on_event = notifier.publish
             metrics.watch_notifier(notifier.stats)
         tcp = _tcp_server(settings, pipeline, metrics)
-        ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"))
+        ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"), tcp.guard)
         metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
         control, grpc_ingest_server = _grpc_servers(settings, pool, pipeline, ingest, metrics)
         grpc_servers = [control] if grpc_ingest_server is None else [control, grpc_ingest_server]

@@ -13,16 +13,20 @@ Response, not a gRPC error, so a device sees one error vocabulary whatever the t
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ingest.body import refusal_frame
+from ingest.body import answer_result, refusal_frame
 from ingest.codec import Frame, FrameError, FrameHeader
-from ledger.wire import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, SUPPORTED_VERSIONS
+from ingest.guessing import GuessSettings, TokenGuard
+from ingest.limits import peer_address
+from ingest.tcp_limits import source_key
+from ledger.errors import Refusal
+from ledger.wire import HEADER, HEADER_SIZE, MAX_FRAME_SIZE, SUPPORTED_VERSIONS, ResultCode
 from ofdproto.ingest.v1 import ingest_pb2 as pb
 
 SERVICE = "ofdproto.ingest.v1.Ingest"
@@ -118,11 +122,33 @@ def _answer_metadata(answer: bytes) -> tuple[tuple[str, str], ...]:
     )
 
 
-class GrpcIngest:
-    """The server side: `handler` is the pipeline (through its metrics), as for TCP."""
+class _Caller:
+    """One call's source address (token guesses are limited per source, as on TCP), its end,
+    and the devices it has been answered OK for (a stream that showed a device's token)."""
 
-    def __init__(self, handler: Handler) -> None:
+    __slots__ = ("devices", "lost", "source")
+
+    def __init__(self, context: grpc.aio.ServicerContext[pb.Frame, pb.Frame]) -> None:
+        self.source = source_key(peer_address(context.peer()))
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost = lost
+        self.devices: set[int] = set()
+
+        def ended(_: object) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        # The stubs type the callback as a class of their own; any callable is taken.
+        context.add_done_callback(cast(Any, ended))
+
+
+class GrpcIngest:
+    """The server side: `handler` is the pipeline (through its metrics), as for TCP, and
+    `guard` the TCP server's token-guess gate, so one source's budget spans both transports."""
+
+    def __init__(self, handler: Handler, guard: TokenGuard | None = None) -> None:
         self._handler = handler
+        self._guard = guard or TokenGuard(GuessSettings(), answer_result)
         self._inflight: set[asyncio.Task[bytes]] = set()
         self.stats = GrpcIngestStats()
 
@@ -146,7 +172,9 @@ class GrpcIngest:
     async def exchange(
         self, request: pb.Frame, context: grpc.aio.ServicerContext[pb.Frame, pb.Frame]
     ) -> pb.Frame:
-        answer = await self._answer(HeaderValues(context.invocation_metadata()), request.body)
+        answer = await self._answer(
+            HeaderValues(context.invocation_metadata()), request.body, _Caller(context)
+        )
         await context.send_initial_metadata(_answer_metadata(answer))
         return pb.Frame(body=answer[HEADER_SIZE:])
 
@@ -158,6 +186,7 @@ class GrpcIngest:
         """One device's requests in order, one answer each; a stream whose call metadata is
         bad gets one PROTOCOL_ERROR answer and ends, like a TCP connection that lost framing."""
         call = HeaderValues(context.invocation_metadata())
+        caller = _Caller(context)
         await context.send_initial_metadata(
             (
                 (ID_KEY, str(call.device_id or 0)),
@@ -170,13 +199,13 @@ class GrpcIngest:
             call.request_number = (
                 message.request_number if message.request_number <= MAX_U16 else None
             )
-            answer = await self._answer(call, message.body)
+            answer = await self._answer(call, message.body, caller)
             _, _, _, _, token, request_number = HEADER.unpack_from(answer)
             yield pb.Frame(body=answer[HEADER_SIZE:], token=token, request_number=request_number)
             if not call_readable:
                 return
 
-    async def _answer(self, values: HeaderValues, body: bytes) -> bytes:
+    async def _answer(self, values: HeaderValues, body: bytes, caller: _Caller) -> bytes:
         try:
             frame = values.frame(body)
         except FrameError as err:
@@ -187,10 +216,24 @@ class GrpcIngest:
         # A started request is carried to its end even if the client cancels the call, as on
         # TCP when the device hangs up: its retry must find the stored answer, and a cancelled
         # wait must not cut the pipeline off between the commit and the device's lock release.
-        task = asyncio.get_running_loop().create_task(self._handler(frame))
+        task = asyncio.get_running_loop().create_task(self._guarded(frame, caller))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    async def _guarded(self, frame: Frame, caller: _Caller) -> bytes:
+        """The pipeline's answer, through the token-guess gate of the caller's source."""
+        device_id = frame.header.device_id
+        result = await self._guard.answer(
+            caller.source, frame, self._handler, caller.lost, trusted=device_id in caller.devices
+        )
+        if result is None:  # the call ended while waiting for a slot: nobody reads this
+            gone = Refusal(ResultCode.SERVICE_TEMPORARILY_UNAVAILABLE, "the call ended")
+            return refusal_frame(frame.header, 0, gone)
+        answer, code = result
+        if code == ResultCode.OK:
+            caller.devices.add(device_id)
+        return answer
 
     async def drain(self, timeout: float) -> None:
         """Waits (bounded) for requests whose callers went away to finish."""

@@ -16,18 +16,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from conftest import RegisteredDevice, gateway_settings, register_device
 from wire import DEADLINE, UNKNOWN_SYSTEM_ID, Link, decode
 
 from ingest.app import RunningGateway, running_gateway
 from ingest.codec import encode
+from ingest.grpc_ingest import SERVICE as INGEST_SERVICE
 from ingest.guessing import GuessSettings
 from ingest.limits import FailureBudget
 from ingest.proxy_protocol import build_header
 from ingest.tcp_limits import SMALL_READ
 from ledger.schemas import SCHEMAS
 from ledger.wire import APP_CODE, HEADER, ResultCode
+from ofdproto.ingest.v1 import ingest_pb2 as pb
 from simulators.receipts import build_system
 
 pytestmark = pytest.mark.adversity
@@ -265,6 +269,46 @@ async def test_a_wrong_token_flood_is_slowed_while_the_real_device_is_answered(
         assert guard.stats.penalized >= 1
         assert guard.stats.devices_over_threshold >= 1
         assert guard.limiter.refused >= 1
+
+
+async def test_guesses_over_grpc_spend_the_same_budget_and_pass_the_same_gate(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An address that spent its budget on TCP has its gRPC guesses gated too (one check at a
+    time, each failure held), while its correct token over gRPC is answered OK."""
+    guessing = GuessSettings(
+        failures=FailureBudget(4, 60.0), penalty_seconds=0.2, checks_per_source=1
+    )
+    async with gateway_with(tmp_path, database_url, guessing=guessing) as gw:
+        device = await register_device(database_url)
+        wrong = (device.token + 1) % 2**32
+        for n in range(4):
+            code = await ask_from(gw.tcp.port, DEVICE, system_frame(device.system_id, wrong, n))
+            assert code == ResultCode.INVALID_TOKEN
+        assert gw.grpc_port is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc_port}") as channel:
+            exchange = channel.unary_unary(
+                f"/{INGEST_SERVICE}/Exchange",
+                request_serializer=pb.Frame.SerializeToString,
+                response_deserializer=pb.Frame.FromString,
+            )
+
+            async def grpc_code(token: int, request_number: int) -> int:
+                metadata = (
+                    ("x-kkm-id", str(device.system_id)),
+                    ("x-kkm-token", str(token)),
+                    ("x-kkm-request-number", str(request_number)),
+                    ("x-kkm-version", "203"),
+                )
+                call = exchange(pb.Frame(body=SYSTEM_BODY), metadata=metadata, timeout=DEADLINE)
+                response = SCHEMAS[203].Response.FromString((await call).body)
+                return int(response.result.result_code)
+
+            codes = await asyncio.gather(*(grpc_code(wrong, 10 + n) for n in range(5)))
+            assert codes == [ResultCode.INVALID_TOKEN] * 5
+            assert gw.tcp.guard.stats.penalized == 5  # every gRPC guess paid the penalty
+            assert await grpc_code(device.token, 20) == ResultCode.OK
+        assert gw.tcp.guard.stats.penalized == 5  # the correct token paid none
 
 
 # --- PROXY protocol ---
