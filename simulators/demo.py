@@ -10,7 +10,9 @@ loads the journal; the demo ends with an analyst's `ofd query` through it, check
 acknowledged receipt is in the warehouse once. A simulated KGD (simulators/kgd.py) and `ofd
 forward` run beside them: each register goes from "awaiting registration" to "registered" when
 the KGD accepts its application, and every acknowledged receipt is counted as forwarded to the
-KGD exactly once (`ofd kgd status`). Exits 0 only if every check holds.
+KGD exactly once (`ofd kgd status`). Last, `ofd web` (the cabinet) starts with a demo main
+user, and a customer's check of a receipt by the very QR URL the gateway printed finds it.
+Exits 0 only if every check holds.
 """
 
 import asyncio
@@ -19,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,6 +52,7 @@ class DemoDevice:
     system_id: int
     first_token: int
     acknowledged: dict[str, str] = field(default_factory=dict)  # fiscal sign -> document
+    qr_urls: list[str] = field(default_factory=list)  # as printed on the receipts
     notes: list[str] = field(default_factory=list)
 
 
@@ -161,6 +166,7 @@ async def run_shift(gateway: ServerProcess, device: DemoDevice, drops_answer: bo
         if response.result.result_code != 0:
             raise SystemExit(f"{device.name}: receipt {number} refused: {response.result}")
         device.acknowledged[response.ticket.ticket_number] = f"s1/d{number}"
+        device.qr_urls.append(response.ticket.qr_code.decode())
     device.notes.append(f"token now {kkm.token} (first {device.first_token})")
     await kkm.close()
 
@@ -259,6 +265,51 @@ def check_kgd(devices: list[DemoDevice], kgd_url: str) -> bool:
     return ok
 
 
+WEB_PORT = 7781  # `ofd web`'s default, which the QR codes the gateway printed name
+DEMO_LOGIN, DEMO_PASSWORD = "demo", "demo-password"
+DEMO_ORGANIZATION = 1  # the one organization register() made in the fresh database
+
+
+def start_cabinet() -> subprocess.Popen[bytes]:
+    """A main user for the demo organization, then `ofd web` on its default port."""
+    cli = [sys.executable, "-m", "ingest.cli"]
+    subprocess.run(
+        [*cli, "web-user", "add", "--data-dir", str(DATA_DIR), "--org", str(DEMO_ORGANIZATION),
+         "--login", DEMO_LOGIN, "--main", "--name", "Демо"],
+        input=f"{DEMO_PASSWORD}\n".encode(),
+        check=True,
+        timeout=WAREHOUSE_TIMEOUT,
+        capture_output=True,
+    )  # fmt: skip
+    log = open(DATA_DIR / "web.log", "ab")  # noqa: SIM115  (the child holds it)
+    return subprocess.Popen(
+        [*cli, "web", "--data-dir", str(DATA_DIR), "--web-port", str(WEB_PORT)],
+        stdout=log,
+        stderr=log,
+    )
+
+
+def check_cabinet(devices: list[DemoDevice], web: subprocess.Popen[bytes]) -> bool:
+    """A customer scans the first receipt's QR code: the cabinet's check page finds it."""
+    url = devices[0].qr_urls[0]
+    deadline = time.monotonic() + WAREHOUSE_TIMEOUT
+    body = ""
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (our own http URL)
+                body = answer.read().decode()
+            break
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    ok = "Чек получен ОФД" in body
+    print(f"\ncabinet check: a customer scans {url}\n  the check page finds it: {ok}")
+    print(
+        f"the cabinet: `ofd web --data-dir {DATA_DIR}` on http://127.0.0.1:{WEB_PORT},"
+        f" login {DEMO_LOGIN} / {DEMO_PASSWORD} (with `ofd load --data-dir {DATA_DIR}` running)"
+    )
+    return ok
+
+
 def main() -> int:
     if DATA_DIR.exists():
         shutil.rmtree(DATA_DIR)
@@ -302,6 +353,12 @@ def main() -> int:
     try:
         ok = check_journal(devices) and check_warehouse(devices, loader)
         ok = check_kgd(devices, kgd_url) and ok
+        web = start_cabinet()
+        try:
+            ok = check_cabinet(devices, web) and ok
+        finally:
+            web.terminate()
+            web.wait(WAREHOUSE_TIMEOUT)
     finally:
         loader.terminate()
         loader.wait(WAREHOUSE_TIMEOUT)
