@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import random
 import shutil
@@ -45,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from simulators.stage.ports import HOST, port_is_free
@@ -388,6 +389,7 @@ class KafkaCluster:
                 for node in self._nodes.values():
                     self._launch(node)
                 self._wait_ready(self.node_ids)
+                self._await_producer_ids(self.bootstrap)
             except KafkaStartError:
                 exited = any(
                     n.process is not None and n.process.poll() is not None
@@ -494,6 +496,32 @@ class KafkaCluster:
                     )
                 time.sleep(0.1)
 
+    def _await_producer_ids(self, bootstrap: str) -> None:
+        """Until an idempotent producer gets its producer id. A KRaft broker asks the controller
+        for a block of ids only when the first producer asks it for one, and answers "coordinator
+        load in progress" until then: measured up to 2 s after a start on a busy machine, which a
+        test's first append (delivery timeout 1.5-3 s) would pay. librdkafka's statistics say
+        when the id is assigned; the producer asks one broker of the cluster, so with several
+        nodes this warms one of them."""
+        assigned = threading.Event()
+
+        def on_stats(raw: str) -> None:
+            if json.loads(raw).get("eos", {}).get("idemp_state") == "Assigned":
+                assigned.set()
+
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "log_level": 0,
+             "statistics.interval.ms": 100, "stats_cb": on_stats}
+        )  # fmt: skip
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            while not assigned.is_set():
+                if time.monotonic() > deadline:
+                    raise KafkaStartError(f"Kafka at {bootstrap} gave no producer id in time")
+                producer.poll(0.1)
+        finally:
+            producer.close()
+
     # -- faults --
 
     def kill(self, node_id: int = 1) -> None:
@@ -523,6 +551,7 @@ class KafkaCluster:
             self._launch(node)
         try:
             self._wait_ready([node_id])
+            self._await_producer_ids(node.bootstrap)
         except KafkaStartError:
             self.kill(node_id)
             raise
