@@ -20,7 +20,9 @@ No JVM outlives its starter: `stop()` (and the context manager, and an atexit ho
 cluster somebody forgot) SIGTERMs every node and SIGKILLs what has not exited after a grace
 period; and every JVM is started with PR_SET_PDEATHSIG, so a starter killed outright (SIGKILL,
 where no Python code runs) takes its nodes with it. The death signal follows the thread that
-forked, not the process, so all forks happen on one long-lived thread.
+forked, not the process, so all forks happen on one long-lived thread; that thread ends at
+interpreter exit before atexit hooks run, so a forgotten cluster's nodes are in fact SIGKILLed
+then (their storage is scratch).
 """
 
 import argparse
