@@ -33,23 +33,27 @@ def mosquitto_binary() -> str:
 
 
 class MosquittoBroker:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, directory: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, directory: Path, host: str = HOST
+    ) -> None:
         self._process = process
+        self.host = host
         self.port = port
         self._directory = directory
 
     @property
     def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
     @classmethod
-    def start(cls) -> Self:
+    def start(cls, host: str = HOST) -> Self:
+        """On loopback, or on a test network's address (`host`)."""
         directory = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         binary = mosquitto_binary()
-        for port in free_ports(PORTS):
+        for port in free_ports(PORTS, host):
             config = directory / f"{port}.conf"
             config.write_text(
-                f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
+                f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
                 "log_dest stdout\n"
             )
             config.chmod(0o644)
@@ -61,7 +65,7 @@ class MosquittoBroker:
                 stdin=subprocess.DEVNULL,
             )
             log.close()
-            broker = cls(process, port, directory)
+            broker = cls(process, port, directory, host)
             if broker._wait_ready():
                 return broker
             broker.stop()
@@ -73,7 +77,7 @@ class MosquittoBroker:
             if self._process.poll() is not None:
                 return False
             try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
             except OSError:
                 time.sleep(0.05)
                 continue

@@ -68,12 +68,19 @@ class PostgresServer:
     """One postmaster on 127.0.0.1:port with its data in `directory` (created if absent)."""
 
     def __init__(
-        self, directory: Path, port: int, *, fast: bool = True, settings: tuple[str, ...] = ()
+        self,
+        directory: Path,
+        port: int,
+        *,
+        fast: bool = True,
+        settings: tuple[str, ...] = (),
+        host: str = HOST,
     ) -> None:
         self.directory = directory
         self.port = port
         self.fast = fast
         self.settings = settings  # extra `name=value` server settings
+        self.host = host  # where it listens (and is reached); loopback unless a test network
         self._bin = binaries()
         self._user = _server_user()
         self.log_path = directory.parent / f"{directory.name}.log"
@@ -81,19 +88,25 @@ class PostgresServer:
     @property
     def url(self) -> str:
         """DSN of the server without a database: append `/name`."""
-        return f"postgresql://postgres@{HOST}:{self.port}"
+        return f"postgresql://postgres@{self.host}:{self.port}"
 
     # --- lifecycle ---
 
     @classmethod
     def create(
-        cls, parent: Path | None = None, *, fast: bool = True, settings: tuple[str, ...] = ()
+        cls,
+        parent: Path | None = None,
+        *,
+        fast: bool = True,
+        settings: tuple[str, ...] = (),
+        host: str = HOST,
     ) -> Self:
-        """initdb in a new directory and start on the first free port that binds."""
+        """initdb in a new directory and start on the first free port that binds. A `host`
+        other than loopback is trusted from its /24 (a test network of the harness's own)."""
         directory = Path(tempfile.mkdtemp(prefix="pg-", dir=parent))
         data = directory / "data"
-        for port in free_ports(PORTS):
-            server = cls(data, port, fast=fast, settings=settings)
+        for port in free_ports(PORTS, host):
+            server = cls(data, port, fast=fast, settings=settings, host=host)
             if not data.exists():
                 server._initdb()
             try:
@@ -105,16 +118,17 @@ class PostgresServer:
 
     @classmethod
     def replica_of(cls, primary: "PostgresServer", parent: Path | None = None) -> Self:
-        """A streaming replica: a base backup of `primary` with standby settings, started."""
+        """A streaming replica: a base backup of `primary` with standby settings, started, on
+        the primary's host (so the same clients and networks reach it)."""
         directory = Path(tempfile.mkdtemp(prefix="pg-replica-", dir=parent))
         data = directory / "data"
-        server = cls(data, 0, fast=False)
+        server = cls(data, 0, fast=False, host=primary.host)
         server._own(directory)
         server._run(
-            "pg_basebackup", "-h", HOST, "-p", str(primary.port), "-U", "postgres",
+            "pg_basebackup", "-h", primary.host, "-p", str(primary.port), "-U", "postgres",
             "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast",
         )  # fmt: skip
-        for port in free_ports(PORTS):
+        for port in free_ports(PORTS, primary.host):
             server.port = port
             try:
                 server.start()
@@ -146,9 +160,13 @@ class PostgresServer:
             "initdb", "-D", str(self.directory), "-U", "postgres", "--auth=trust",
             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
         )  # fmt: skip
+        if self.host != HOST:
+            network = self.host.rsplit(".", 1)[0] + ".0/24"
+            with (self.directory / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {network} trust\nhost replication all {network} trust\n")
 
     def start(self) -> None:
-        options = [f"-p {self.port}", f"-c listen_addresses={HOST}"]
+        options = [f"-p {self.port}", f"-c listen_addresses={self.host}"]
         # The socket goes in the data directory: /var/run/postgresql may not exist or be ours.
         options.append(f"-k {self.directory}")
         if self.fast:
@@ -167,7 +185,7 @@ class PostgresServer:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             probe = subprocess.run(
-                [str(self._bin / "pg_isready"), "-h", HOST, "-p", str(self.port), "-q"],
+                [str(self._bin / "pg_isready"), "-h", self.host, "-p", str(self.port), "-q"],
                 check=False,
             )
             if probe.returncode == 0:
