@@ -36,7 +36,7 @@ command's name, `version` 203 or 204, `transport` tcp or grpc):
     ofd_connections_evicted_total{reason}                   idle unauthenticated, closed for room
     ofd_connections_unauthenticated, _closed_total          no request answered OK (yet, in time)
     ofd_connections_timed_out_total                         closed by the read or idle timeout
-    ofd_partial_frame_bytes, _peak, _pauses_total,          bytes held for requests not answered
+    ofd_partial_frame_bytes, _peak, _pauses_total,          bytes held for requests not answered,
     ofd_partial_frame_waiting_connections                   and who waits for the budget
     ofd_token_checks_waiting, ofd_token_penalties_total,    token guessing gated per source
     ofd_token_checks_abandoned_total                        (its budget: ofd_limited_*)
@@ -658,12 +658,13 @@ def _client_limit_families(stats: ServerStats) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "ofd_partial_frame_bytes",
-        "Bytes held for device requests not yet answered (half-received frames included).",
+        "Bytes held for device requests not yet answered (half-received frames included),"
+        " beyond each connection's 8 KiB allowance: what the partial-frame budget counts.",
         value=held.held,
     )
     yield GaugeMetricFamily(
         "ofd_partial_frame_bytes_peak",
-        "The most bytes ever held at once for requests not yet answered.",
+        "The most bytes ever charged to the partial-frame budget at once.",
         value=held.peak,
     )
     yield CounterMetricFamily(

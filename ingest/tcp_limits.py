@@ -12,14 +12,16 @@ for the global limit) is closed to make room; only when there is none (every one
 the middle of a request) is the new connection refused. A slot-holder therefore pushes out its
 own connections, not the devices' authenticated ones.
 
-Bytes (ByteBudget). Every byte a connection holds for a request not yet answered (a partly
-received frame, whole frames waiting for their turn or their answer) is charged to a global
-budget and to its source's. A read is sized to the room left, so the budget is never exceeded
-by more than SMALL_READ per connection: a connection holding nothing may always read
-SMALL_READ, which lets a whole small request in (and answered) even while a flood of half-sent
-frames has spent the budget. A connection that holds bytes and finds no room stops reading and
-waits, oldest first, until bytes are released; the server's read timeout closes it if that
-takes too long, as for any frame that does not arrive whole in time.
+Bytes (ByteBudget). The bytes a connection holds for requests not yet answered (a partly
+received frame, whole frames waiting for their turn or their answer) are its own up to
+ALLOWANCE; beyond that they are charged to a global budget and to its source's. Reads are sized
+so that the charge never passes the room left (but for one byte, as a read cannot be refused).
+So memory held is at most the budget plus ALLOWANCE per connection; a connection's whole small
+request always gets in and is answered, even while a flood of half-sent frames has spent the
+budget; and a receipt that arrives in one read is never charged at all (the hot path pays two
+comparisons). A connection charged bytes that finds no room stops reading and waits, oldest
+first, until bytes are released; the server's read timeout closes it if that takes too long,
+as for any frame that does not arrive whole in time.
 """
 
 import ipaddress
@@ -31,9 +33,9 @@ from typing import Protocol
 # At most this many idle-candidate checks per eviction: the table is in connection order, so the
 # oldest idle connection is normally among the first few.
 EVICTION_SCAN = 64
-# Bytes a connection holding nothing may read even when the budget is spent: a header and a
-# receipt of a hundred lines. Bounds how far past the budget a flood can push.
-SMALL_READ = 8 * 1024
+# Bytes a connection may hold without charge, whatever the budget: a header and a receipt of a
+# hundred lines. Bounds how far past the budget a flood can push (this much per connection).
+ALLOWANCE = 8 * 1024
 # Largest single read (the server's shared receive buffer).
 READ_SIZE = 256 * 1024
 # Waiters resumed per release at most; each then reads only what is left.
@@ -166,8 +168,8 @@ class ConnectionTable:
 
 @dataclass(slots=True)
 class BudgetStats:
-    held: int = 0  # bytes held now for requests not yet answered
-    peak: int = 0  # the most ever held at once
+    held: int = 0  # bytes charged now: held for requests not yet answered, beyond allowances
+    peak: int = 0  # the most ever charged at once
     pauses: int = 0  # times a connection stopped reading for want of room
     waiting: int = 0  # connections waiting for room now
 
@@ -177,6 +179,9 @@ class ByteBudget:
         self.total = total
         self.per_source = per_source
         self.stats = stats
+        # While everything charged (to all sources) leaves this much free, no source is near
+        # its own limit either: a read is sized without looking its source up.
+        self._carefree = min(total, per_source) - READ_SIZE
         self._by_source: dict[str, int] = {}
         self._waiters: OrderedDict[Holder, None] = OrderedDict()
 
@@ -186,29 +191,34 @@ class ByteBudget:
             free = min(free, self.per_source - self._by_source.get(source, 0))
         return free
 
-    def read_size(self, source: str | None, holding: bool) -> int:
-        """How much the connection may read now (at least one byte: a read cannot be refused,
-        and a connection with no room has stopped reading already)."""
-        room = self.room(source)
-        if room >= READ_SIZE:
+    def read_size(self, source: str | None, holding: int) -> int:
+        """How much a connection holding `holding` bytes may read now: the room left plus what
+        is left of its allowance (at least one byte: a read cannot be refused, and a connection
+        with no room has stopped reading already)."""
+        if self.stats.held <= self._carefree:
             return READ_SIZE
-        if not holding:
-            return max(room, SMALL_READ)
-        return max(room, 1)
+        room = self.room(source)
+        if holding < ALLOWANCE:
+            room += ALLOWANCE - holding
+        return min(READ_SIZE, max(room, 1))
 
-    def change(self, source: str | None, delta: int) -> None:
+    def change(self, source: str | None, delta: int) -> int:
+        """Charges `delta` bytes (negative: releases them) to `source`; the room left to it."""
         stats = self.stats
         stats.held += delta
+        room = self.total - stats.held
         if source is not None:
             held = self._by_source.get(source, 0) + delta
             if held:
                 self._by_source[source] = held
             else:
                 self._by_source.pop(source, None)
+            room = min(room, self.per_source - held)
         if delta > 0:
             stats.peak = max(stats.peak, stats.held)
         elif self._waiters:
             self._resume()
+        return room
 
     def wait(self, conn: Holder) -> None:
         """`conn` holds bytes and has no room: it has stopped reading until resumed."""
@@ -225,7 +235,7 @@ class ByteBudget:
         free = self.total - self.stats.held
         if free <= 0:
             return
-        batch = min(RESUME_BATCH, max(1, free // SMALL_READ))
+        batch = min(RESUME_BATCH, max(1, free // ALLOWANCE))
         for conn in list(itertools.islice(self._waiters, RESUME_BATCH)):
             if batch == 0:
                 return

@@ -21,6 +21,7 @@ from ingest.codec import Frame, FrameDecoder, FrameError, FrameHeader
 from ingest.guessing import GuessSettings, TokenGuard
 from ingest.proxy_protocol import ProxyHeaderError, ProxyHeaderParser
 from ingest.tcp_limits import (
+    ALLOWANCE,
     READ_SIZE,
     BudgetStats,
     ByteBudget,
@@ -115,9 +116,12 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._answered = 0
         self.source: str | None = None
         self._proxy = ProxyHeaderParser() if self._settings.proxy_protocol else None
-        self._held = 0  # bytes charged to the budget: the decoder's and the unanswered frames'
+        self._held = 0  # bytes held: the decoder's and the unanswered frames'
+        self._charged = 0  # of them, beyond the allowance: charged to the budget
         self._unanswered = 0  # bytes of whole frames read and not yet answered
         self._devices: set[int] | None = None  # answered OK for these: authenticated
+        self._budget = server.budget
+        self._read_buffer = server.read_buffer
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -142,13 +146,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._place(peer[0] if isinstance(peer, tuple) else str(peer))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        size = self._server.budget.read_size(self.source, self._held > 0)
-        return self._server.read_buffer[:size]
+        size = self._budget.read_size(self.source, self._held)
+        buffer = self._read_buffer
+        return buffer if size >= READ_SIZE else buffer[:size]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._peer_done or self._closed:
             return
-        data: memoryview | bytes = self._server.read_buffer[:nbytes]
+        data: memoryview | bytes = self._read_buffer[:nbytes]
         if self._proxy is not None:
             data = self._proxy_header(data)
             if not data:
@@ -173,7 +178,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._closed = True
         server = self._server
         server.connections.release(self)
-        server.budget.forget(self)
+        self._budget.forget(self)
         self._decoder = FrameDecoder()  # a half-received frame is never finished now
         self._charge()
         if not self._lost.done():
@@ -231,32 +236,46 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def _received(self, data: memoryview | bytes) -> None:
         decoder = self._decoder
-        idle_before = decoder.buffered == 0
+        before = decoder.buffered
         decoder.feed(data)
         frames, error = decoder.frames()
+        after = decoder.buffered
         if error is not None:
             self._server.stats.frame_errors += 1
             self._fatal = error
             self._peer_done = True
-        if idle_before and decoder.buffered:
+        if not before and after:
             self._waiting_since = self._loop.time()
         if frames:
-            self._unanswered += sum(frame.header.size for frame in frames)
+            # Every byte fed is still buffered or in a frame (unless framing broke: then the
+            # decoder dropped the rest, and the frames are summed).
+            framed = before + len(data) - after
+            if error is not None:
+                framed = sum(frame.header.size for frame in frames)
+            self._unanswered += framed
             self._queue.extend(frames)
-        self._charge()
-        if (frames or self._peer_done) and self._worker is None:
+            if self._worker is None:
+                self._worker = self._loop.create_task(self._work())
+        elif self._peer_done and self._worker is None:
             self._worker = self._loop.create_task(self._work())
-        self._queue_paused = len(self._queue) >= self._settings.max_queued_frames
-        if self._held and self._server.budget.room(self.source) <= 0 and not self._closed:
+        if self._charge() <= 0 and self._held >= ALLOWANCE and not self._closed:
             self._budget_paused = True
-            self._server.budget.wait(self)
-        self._update_reading()
+            self._budget.wait(self)
+        self._queue_paused = len(self._queue) >= self._settings.max_queued_frames
+        if (self._queue_paused or self._budget_paused) != self._reading_paused:
+            self._update_reading()
 
-    def _charge(self) -> None:
-        held = self._decoder.buffered + self._unanswered
-        if held != self._held:
-            self._server.budget.change(self.source, held - self._held)
-            self._held = held
+    def _charge(self) -> int:
+        """Charges what is held now beyond the allowance to the budget; the room left to this
+        connection's source (READ_SIZE when the charge did not change: only a change can use
+        the room up)."""
+        held = self._held = self._decoder.buffered + self._unanswered
+        charged = held - ALLOWANCE if held > ALLOWANCE else 0
+        if charged == self._charged:
+            return READ_SIZE
+        room = self._budget.change(self.source, charged - self._charged)
+        self._charged = charged
+        return room
 
     def _update_reading(self) -> None:
         paused = self._queue_paused or self._budget_paused
@@ -279,11 +298,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 frame = self._queue.popleft()
                 devices = self._devices
                 if devices is not None and frame.header.device_id in devices:
-                    # Answered OK for this device before: it has shown the token, no gate (and
-                    # one coroutine less on the persistent connection's hot path).
+                    # Answered OK for this device before: it has shown the token, so its
+                    # failures are no guesses; no gate, no count (and no coroutine or result
+                    # read on the persistent connection's hot path).
                     answer = await server.handler(frame)
-                    code = answer_result(answer)
-                    server.guard.observe(self.source or "", frame, code)
                 else:
                     result = await server.guard.answer(
                         self.source or "", frame, server.handler, self._lost
@@ -295,8 +313,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
                         self._charge()
                         break
                     answer, code = result
-                if code == _OK:
-                    self._authenticated(frame.header.device_id)
+                    if code == _OK:
+                        self._authenticated(frame.header.device_id)
                 await self._write(answer)
                 self._unanswered -= frame.header.size
                 self._charge()

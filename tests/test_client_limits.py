@@ -22,8 +22,8 @@ from ingest.proxy_protocol import (
     build_header,
 )
 from ingest.tcp_limits import (
+    ALLOWANCE,
     READ_SIZE,
-    SMALL_READ,
     BudgetStats,
     ByteBudget,
     ConnectionTable,
@@ -232,33 +232,42 @@ def test_global_limit_refuses_when_only_devices_hold_the_slots() -> None:
 # --- the byte budget ---
 
 
-def test_reads_are_sized_to_the_room_left_and_small_reads_always_pass() -> None:
+def test_reads_are_sized_to_the_room_left_plus_the_allowance() -> None:
     stats = BudgetStats()
     budget = ByteBudget(total=100_000, per_source=60_000, stats=stats)
-    assert budget.read_size("a", holding=False) == 60_000
+    assert budget.read_size("a", holding=0) == 60_000 + ALLOWANCE
     budget.change("a", 50_000)
-    assert budget.read_size("a", holding=True) == 10_000
-    assert budget.read_size("b", holding=True) == 50_000
+    assert budget.read_size("a", holding=ALLOWANCE) == 10_000
+    assert budget.read_size("b", holding=ALLOWANCE + 5) == 50_000
     budget.change("b", 50_000)
-    assert budget.read_size("c", holding=True) == 1  # no room: it stops after this byte
-    assert budget.read_size("c", holding=False) == SMALL_READ  # a small request still gets in
+    assert budget.read_size("c", holding=ALLOWANCE) == 1  # no room: it stops after this byte
+    assert budget.read_size("c", holding=0) == ALLOWANCE  # a small request still gets in
+    assert budget.read_size("c", holding=100) == ALLOWANCE - 100
     budget.change("a", -50_000)
     budget.change("b", -50_000)
     assert (stats.held, stats.peak) == (0, 100_000)
-    assert budget.read_size("a", holding=True) == min(READ_SIZE, 60_000)
+
+
+def test_with_room_to_spare_reads_are_whole() -> None:
+    budget = ByteBudget(total=64 << 20, per_source=8 << 20, stats=BudgetStats())
+    budget.change("a", 1 << 20)
+    assert budget.read_size("a", holding=(1 << 20) + ALLOWANCE) == READ_SIZE
+    budget.change("a", (7 << 20) - READ_SIZE // 2)
+    assert budget.read_size("a", holding=8 << 20) == READ_SIZE // 2  # its source is nearly full
+    assert budget.read_size("b", holding=8 << 20) == READ_SIZE
 
 
 def test_waiters_resume_oldest_first_when_bytes_are_released() -> None:
     stats = BudgetStats()
-    budget = ByteBudget(total=4 * SMALL_READ, per_source=4 * SMALL_READ, stats=stats)
+    budget = ByteBudget(total=4 * ALLOWANCE, per_source=4 * ALLOWANCE, stats=stats)
     first, second = Conn("first"), Conn("second")
     first.source = second.source = "10.0.0.2"
-    budget.change("10.0.0.2", 4 * SMALL_READ)
+    budget.change("10.0.0.2", 4 * ALLOWANCE)
     budget.wait(first)
     budget.wait(second)
     budget.wait(first)  # once only
     assert (stats.waiting, stats.pauses) == (2, 2)
-    budget.change("10.0.0.2", -SMALL_READ)  # room for one small read: one resumed
+    budget.change("10.0.0.2", -ALLOWANCE)  # room for one small read: one resumed
     assert (first.resumed, second.resumed, stats.waiting) == (1, 0, 1)
     budget.forget(second)  # its connection closed
     assert stats.waiting == 0
@@ -266,14 +275,14 @@ def test_waiters_resume_oldest_first_when_bytes_are_released() -> None:
 
 def test_a_waiter_whose_source_has_no_room_lets_others_go_first() -> None:
     stats = BudgetStats()
-    budget = ByteBudget(total=10 * SMALL_READ, per_source=8 * SMALL_READ, stats=stats)
+    budget = ByteBudget(total=10 * ALLOWANCE, per_source=8 * ALLOWANCE, stats=stats)
     greedy, other = Conn("greedy"), Conn("other")
     greedy.source, other.source = "10.0.0.2", "10.0.0.3"
-    budget.change("10.0.0.2", 8 * SMALL_READ)
-    budget.change("10.0.0.3", 2 * SMALL_READ)
+    budget.change("10.0.0.2", 8 * ALLOWANCE)
+    budget.change("10.0.0.3", 2 * ALLOWANCE)
     budget.wait(greedy)
     budget.wait(other)
-    budget.change("10.0.0.3", -SMALL_READ)
+    budget.change("10.0.0.3", -ALLOWANCE)
     assert (greedy.resumed, other.resumed) == (0, 1)
 
 
