@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup proto proto-check demo serve web test lint bench clean kafka-jars
+.PHONY: setup proto proto-check demo serve web test lint bench clean kafka-jars cluster cluster-down
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ serve: $(STAMP)
 # The cabinet and the public receipt check on http://127.0.0.1:7781 (README, "The cabinet").
 web: $(STAMP)
 	$(BIN)/ofd web
+
+# The production topology on this machine (root: network namespaces): three Kafka brokers,
+# PostgreSQL with a synchronous replica, gateways behind HAProxy, a loader, Mosquitto. It stays in
+# front until Ctrl-C; `make cluster-down` stops one left running and cleans up after a killed one.
+cluster: $(STAMP)
+	$(BIN)/python -m simulators.stage.cluster up
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m simulators.stage.cluster down
 
 # Apache Kafka's server jars from Maven Central into ~/.cache/ofd-gateway/kafka/<version>
 # (OFD_KAFKA_HOME replaces ~/.cache/ofd-gateway/kafka); the tests fetch them on first use too.

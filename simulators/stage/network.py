@@ -11,6 +11,8 @@ tag so that two harnesses (a test run and `make cluster`) never share them.
 """
 
 import contextlib
+import os
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,16 @@ def ip(*args: str, namespace: str | None = None) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise NetworkFailed(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _kill_processes_in(namespace: str) -> None:
+    """What a killed harness left running inside `namespace` (deleting it would not stop them)."""
+    listed = subprocess.run(
+        [IP, "netns", "pids", namespace], capture_output=True, text=True, check=False
+    )
+    for pid in listed.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 @dataclass
@@ -95,6 +107,7 @@ class TestNetwork:
         for line in listed.stdout.splitlines():
             namespace = line.split()[0] if line.strip() else ""
             if namespace.startswith(f"{self.bridge}-"):
+                _kill_processes_in(namespace)
                 with contextlib.suppress(NetworkFailed):
                     ip("netns", "del", namespace)
         with contextlib.suppress(NetworkFailed):
