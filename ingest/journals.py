@@ -13,7 +13,7 @@ import structlog
 from ingest.settings import Settings
 from ledger.errors import SinkError
 from ledger.journal import Journal
-from ledger.journal.kafka import KafkaJournal, ensure_topic
+from ledger.journal.kafka import KafkaJournal, TopicUnsafe, ensure_topic
 from ledger.journal.local import LocalJournal
 from ledger.journal.spool import SpoolingJournal
 
@@ -23,12 +23,15 @@ log = structlog.get_logger(__name__)
 async def open_journal(settings: Settings) -> Journal:
     """The gateway's journal (on its event loop: the spool's replayer is a task). A Kafka topic
     that does not exist yet is created; a broker that cannot be asked is not fatal here (it
-    may come up later: until then batches are answered 254 or spooled, as configured)."""
+    may come up later: until then batches are answered 254 or spooled, as configured); a topic
+    with fewer replicas than the settings ask is (TopicUnsafe)."""
     if settings.kafka is None:
         return LocalJournal(settings.journal_dir)
     try:
         if await asyncio.to_thread(ensure_topic, settings.kafka):
             log.info("kafka_topic_created", topic=settings.kafka.topic)
+    except TopicUnsafe:
+        raise  # an under-replicated topic would break the durability contract: refuse to start
     except SinkError as err:
         log.warning("kafka_topic_unchecked", topic=settings.kafka.topic, error=str(err))
     kafka = KafkaJournal(settings.kafka)

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from ledger.errors import SinkError
 from ledger.journal import MAX_RECORD_BYTES, JournalEntry, check_record_size
@@ -75,6 +75,62 @@ ADMIN_TIMEOUT = 10.0
 RETIRE_TIMEOUT = 5.0
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Replicas a topic gets when the settings leave it to the cluster: three where there are three
+# brokers or more (a broker may die without losing an acknowledged record), else every broker.
+AUTOMATIC_REPLICATION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client of ours (the gateways' producers, the loaders' and the KGD
+    forwarder's consumers, the topic check) authenticates and encrypts. The SASL password is
+    read from a file at start, never taken from a flag or an environment variable."""
+
+    protocol: str = "PLAINTEXT"
+    ca_file: str | None = None  # PEM: the CA that signed the brokers' certificates
+    cert_file: str | None = None  # PEM: this client's certificate (mutual TLS)
+    key_file: str | None = None  # PEM: its private key
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"kafka security protocol must be one of {SECURITY_PROTOCOLS}")
+        sasl = self.protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"kafka {self.protocol} needs a SASL mechanism, a username and a password file"
+            )
+        if self.sasl_mechanism is not None and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"kafka SASL mechanism must be one of {SASL_MECHANISMS}")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError(f"kafka SASL settings need a SASL_ protocol, not {self.protocol}")
+        if not self.protocol.endswith("SSL") and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError(f"kafka TLS files need SSL or SASL_SSL, not {self.protocol}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a kafka client certificate needs its key, and a key its certificate")
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka's settings for this security (empty for plaintext)."""
+        config = {"security.protocol": self.protocol}
+        optional = {
+            "ssl.ca.location": self.ca_file,
+            "ssl.certificate.location": self.cert_file,
+            "ssl.key.location": self.key_file,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+        }
+        config.update({name: value for name, value in optional.items() if value})
+        return config
+
+
+PLAINTEXT = KafkaSecurity()
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str  # host:port[,host:port...]
@@ -84,7 +140,13 @@ class KafkaSettings:
     client_id: str = DEFAULT_CLIENT_ID
     on_outage: str = "reject"
     partitions: int = DEFAULT_PARTITIONS
-    replication_factor: int = 1
+    # None: AUTOMATIC_REPLICATION, or every broker where there are fewer. The start-up check
+    # refuses a topic with fewer replicas than this, or a lower min.insync.replicas.
+    replication_factor: int | None = None
+    # None: one less than the replication factor, at least 1 (2 of 3: acks=all then means the
+    # record is on two brokers before a device is answered OK).
+    min_insync_replicas: int | None = None
+    security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -95,8 +157,12 @@ class KafkaSettings:
             raise ValueError("kafka delivery timeout must be positive")
         if not 1 <= self.partitions <= MAX_PARTITIONS:
             raise ValueError(f"kafka partitions must be 1..{MAX_PARTITIONS}")
-        if self.replication_factor < 1:
+        if self.replication_factor is not None and self.replication_factor < 1:
             raise ValueError("kafka replication factor must be at least 1")
+        if self.min_insync_replicas is not None and not (
+            1 <= self.min_insync_replicas <= (self.replication_factor or self.min_insync_replicas)
+        ):
+            raise ValueError("kafka min.insync.replicas must be 1..the replication factor")
         if self.on_outage not in OUTAGE_POLICIES:
             raise ValueError(f"kafka outage policy must be one of {', '.join(OUTAGE_POLICIES)}")
         if self.compression not in COMPRESSIONS:
@@ -111,6 +177,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": settings.client_id,
+        **settings.security.client_config(),
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": settings.compression,
@@ -321,24 +388,55 @@ def _checked_keys(entries: Sequence[JournalEntry]) -> list[bytes]:
     return keys
 
 
+class TopicUnsafe(SinkError):
+    """The journal topic exists with fewer replicas, or a lower min.insync.replicas, than the
+    settings ask: acks=all would then not mean what the durability contract needs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=False)
+
+
+def admin_config(settings: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        **settings.security.client_config(),
+        "logger": _ClientLog(),  # librdkafka's own lines as our JSON logs, not raw stderr
+    }
+
+
 def ensure_topic(settings: KafkaSettings, partitions: int | None = None) -> bool:
-    """Blocking: creates the topic (`partitions`, else the settings') unless it exists.
-    Returns whether it was created.
+    """Blocking: creates the topic (`partitions`, else the settings') unless it exists, with the
+    replication and min.insync.replicas the settings ask for (else as many replicas as the
+    cluster gives, up to three, and one less in sync); an existing topic with less is refused
+    (TopicUnsafe). Returns whether it was created.
 
     Production topics are provisioned with the cluster (deploy/); this serves tests, the
     embedded demo and first start-up. The topic admits records of MAX_RECORD_BYTES.
     """
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "client.id": settings.client_id,
-        "logger": _ClientLog(),  # librdkafka's own lines as our JSON logs, not raw stderr
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(admin_config(settings))
+    try:
+        brokers = len(admin.list_topics(timeout=ADMIN_TIMEOUT).brokers)
+    except KafkaException as err:
+        raise SinkError(
+            f"cannot reach kafka to check topic {settings.topic}: {err}", retriable=True
+        ) from err
+    replication = settings.replication_factor or min(AUTOMATIC_REPLICATION, brokers)
+    min_insync = settings.min_insync_replicas or max(1, replication - 1)
+    if replication > brokers:
+        raise SinkError(
+            f"kafka topic {settings.topic} needs {replication} replicas but only {brokers}"
+            " brokers answer",
+            retriable=True,
+        )
     topic = NewTopic(
         settings.topic,
         num_partitions=partitions or settings.partitions,
-        replication_factor=settings.replication_factor,
-        config={"max.message.bytes": str(MAX_REQUEST_BYTES)},
+        replication_factor=replication,
+        config={
+            "max.message.bytes": str(MAX_REQUEST_BYTES),
+            "min.insync.replicas": str(min_insync),
+        },
     )
     futures = admin.create_topics(
         [topic], operation_timeout=ADMIN_TIMEOUT, request_timeout=ADMIN_TIMEOUT
@@ -353,8 +451,34 @@ def ensure_topic(settings: KafkaSettings, partitions: int | None = None) -> bool
     except KafkaException as err:
         error = err.args[0] if err.args else None
         if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            _check_existing(admin, settings.topic, replication, min_insync)
             return False
         raise SinkError(
             f"cannot create kafka topic {settings.topic}: {err}", retriable=True
         ) from err
     return True
+
+
+def _check_existing(admin: AdminClient, topic: str, replication: int, min_insync: int) -> None:
+    """Refuses a topic that holds fewer replicas or a lower min.insync.replicas than asked."""
+    try:
+        described = admin.list_topics(topic, timeout=ADMIN_TIMEOUT).topics[topic]
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        configs = admin.describe_configs([resource])[resource].result(ADMIN_TIMEOUT)
+    except (KafkaException, TimeoutError, KeyError) as err:
+        raise SinkError(f"cannot check kafka topic {topic}: {err}", retriable=True) from err
+    fewest = min((len(p.replicas) for p in described.partitions.values()), default=0)
+    in_sync = int(configs["min.insync.replicas"].value)
+    fix = (
+        "raise it (kafka-reassign-partitions / kafka-configs --alter) or start with"
+        " --kafka-replication-factor / --kafka-min-insync-replicas that match it"
+    )
+    if fewest < replication:
+        raise TopicUnsafe(
+            f"kafka topic {topic} has {fewest} replicas where {replication} are asked: {fix}"
+        )
+    if in_sync < min_insync:
+        raise TopicUnsafe(
+            f"kafka topic {topic} has min.insync.replicas {in_sync} where {min_insync} is asked:"
+            f" {fix}"
+        )

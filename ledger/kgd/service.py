@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from ledger.embedded_pg import start_embedded_postgres
-from ledger.journal.kafka import DEFAULT_TOPIC
+from ledger.journal.kafka import DEFAULT_TOPIC, PLAINTEXT, KafkaSecurity
 from ledger.kgd.applications import ApplicationSettings, ApplicationWorker
 from ledger.kgd.filing import counts_by_status
 from ledger.kgd.forwarder import DEFAULT_GROUP, Forwarder, ForwarderSettings
@@ -47,6 +47,7 @@ class ForwardSettings:
     forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
     applications: ApplicationSettings | None = field(default_factory=ApplicationSettings)
     kafka_bootstrap: str | None = None  # read the Kafka journal instead of the local ones
+    kafka_security: KafkaSecurity = PLAINTEXT  # TLS / SASL toward the brokers
     kafka_topic: str = DEFAULT_TOPIC
     kafka_group: str = DEFAULT_GROUP
     metrics_host: str = "127.0.0.1"
@@ -78,6 +79,7 @@ def _sources(
         position,
         group=settings.kafka_group,
         batch_records=settings.forwarder.batch_documents,
+        security=settings.kafka_security,
     )
 
 

@@ -49,6 +49,7 @@ from collections.abc import Callable
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from ledger.journal.kafka import PLAINTEXT, KafkaSecurity
 from ledger.warehouse.loader import Source
 
 log = structlog.get_logger(__name__)
@@ -174,6 +175,7 @@ class KafkaGroupMember:
         *,
         group: str = DEFAULT_GROUP,
         batch_records: int,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.topic = topic
         self._positions = positions
@@ -184,6 +186,7 @@ class KafkaGroupMember:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
+                **security.client_config(),
                 "group.id": group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

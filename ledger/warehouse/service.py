@@ -40,7 +40,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from ledger.errors import OfdError
-from ledger.journal.kafka import DEFAULT_TOPIC
+from ledger.journal.kafka import DEFAULT_TOPIC, PLAINTEXT, KafkaSecurity
 from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open_warehouse
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
@@ -83,6 +83,7 @@ class ServiceSettings:
     query: QueryLimits = field(default_factory=QueryLimits)
     load: bool = True  # False: answer queries only (e.g. while another loader feeds a server)
     kafka_bootstrap: str | None = None  # read the Kafka journal instead of the local ones
+    kafka_security: KafkaSecurity = PLAINTEXT  # TLS / SASL toward the brokers
     kafka_topic: str = DEFAULT_TOPIC
     kafka_group: str = DEFAULT_GROUP  # the loaders' consumer group: they split the partitions
 
@@ -149,6 +150,7 @@ def _sources(settings: ServiceSettings, warehouse: Warehouse) -> Callable[[], li
         lambda name: read_position(warehouse, name),
         group=settings.kafka_group,
         batch_records=settings.loader.batch_records,
+        security=settings.kafka_security,
     )
 
 
