@@ -65,7 +65,7 @@ from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 import structlog
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -73,6 +73,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from ingest import metrics_http
 from ingest.codec import Frame
 from ingest.guessing import GuessStats, TokenGuard
 from ingest.limits import FailureLimiter
@@ -422,9 +423,10 @@ class GatewayMetrics:
     # --- serving ---
 
     def start_http(self, host: str, port: int) -> int:
-        """Serves /metrics from a daemon thread (port 0: the kernel picks); the bound port."""
+        """Serves /metrics and /healthz from a daemon thread (port 0: the kernel picks); the
+        bound port."""
         try:
-            server, thread = start_http_server(port, host, registry=self.registry)
+            server, thread = metrics_http.serve(self.registry, self.health, host, port)
         except OSError as err:
             raise OSError(
                 err.errno,
@@ -433,6 +435,15 @@ class GatewayMetrics:
             ) from err
         self._http = (server, thread)
         return server.server_port
+
+    def health(self) -> str | None:
+        """None while this gateway can make documents durable; else why not (metrics_http)."""
+        stats = self._commit_stats
+        if stats is None or stats.last_failure_at <= stats.last_success_at:
+            return None
+        if time.monotonic() - stats.last_failure_at > metrics_http.HEALTH_HOLD:
+            return None
+        return "durable writes are failing (journal or PostgreSQL unreachable from this gateway)"
 
     async def stop_http(self) -> None:
         if self._http is None:

@@ -115,6 +115,10 @@ class CommitStats:
     failures: int = 0
     shed: int = 0
     last_batch_size: int = 0
+    # time.monotonic() of the last batch that failed and of the last that was made durable
+    # (0: none yet): a gateway whose writes fail tells its balancer (ingest/metrics.health).
+    last_failure_at: float = 0.0
+    last_success_at: float = 0.0
 
 
 class GroupCommitter:
@@ -224,11 +228,14 @@ class GroupCommitter:
             failure.__cause__ = err
             self._fail(batch, failure)
             lease.close()
+            self.stats.last_failure_at = time.monotonic()
             return
         except SinkError as err:
             self._fail(batch, err)
             lease.close()
+            self.stats.last_failure_at = time.monotonic()
             return
+        self.stats.last_success_at = time.monotonic()
         for pending in batch:
             if pending.done.done():  # the waiter was cancelled; the write stands regardless
                 continue

@@ -8,9 +8,12 @@ resend of the very same frame is accepted with the deterministic fiscal sign.
 """
 
 import asyncio
+import dataclasses
 import errno
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,9 +21,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import TEST_SECRET, register_device
+from conftest import TEST_SECRET, gateway_settings, register_device
 
-from ingest.app import RunningGateway
+from ingest.app import RunningGateway, running_gateway
 from ledger.fiscal import fiscal_sign, ticket_identity
 from ledger.journal.view import journal_records
 from ledger.schemas import SCHEMAS
@@ -325,3 +328,32 @@ async def test_journal_sync_failure_answers_254_and_rolls_back_state(
     assert journaled(tmp_path / "journal", kkm.system_id, 2)[0].response_frame == (
         without_token(kkm.last_response_frame)
     )
+
+
+async def test_healthz_tells_the_balancer_while_durable_writes_fail(
+    tmp_path: Path, database_url: str, disk_full: threading.Event
+) -> None:
+    """/healthz: 200 while documents can be made durable, 503 with the reason after a failed
+    write (the balancer sends devices elsewhere), 200 again once a write succeeds."""
+    settings = dataclasses.replace(gateway_settings(tmp_path, database_url), metrics_port=0)
+    async with running_gateway(settings) as gateway:
+        assert gateway.metrics_port is not None
+        url = f"http://127.0.0.1:{gateway.metrics_port}/healthz"
+
+        def probe() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(url, timeout=ADMIN_TIMEOUT) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as refused:
+                return refused.code, refused.read().decode()
+
+        kkm = await start_device(gateway, database_url)
+        assert await asyncio.to_thread(probe) == (200, "ok\n")
+        disk_full.set()
+        assert_unavailable(kkm, await kkm.send(ticket(2)), kkm.token)
+        status, reason = await asyncio.to_thread(probe)
+        assert status == 503
+        assert "durable writes are failing" in reason
+        disk_full.clear()
+        assert_accepted(kkm, await kkm.retransmit(), 2)
+        assert await asyncio.to_thread(probe) == (200, "ok\n")
