@@ -148,7 +148,7 @@ def test_probes_use_the_ports_the_settings_open() -> None:
         "metrics": int(settings["OFD_METRICS_PORT"]),
     }
     for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["livenessProbe"]["grpc"]["port"] == ports["grpc"]
     loader = _container("ofd-loader", "loader")
     assert _ports(loader) == {"metrics": int(settings["OFD_LOADER_METRICS_PORT"])}

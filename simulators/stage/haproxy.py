@@ -3,8 +3,8 @@
 Devices connect to the balancer; it hands each connection to a healthy gateway with a PROXY
 protocol v2 header (`send-proxy-v2`), so the gateway's per-source limits count the device's own
 address. Health is the gateway's /healthz on its metrics port (200 once it is ready and while it
-can make documents durable): a gateway that is killed, stuck or cut off from the journal is taken out
-within a few seconds and put back when it is healthy again.
+can make documents durable): a gateway that is killed, stuck or cut off from the journal is taken
+out within a few seconds and put back when it is healthy again.
 """
 
 import shutil
