@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
+from ledger.constraints import translate
 from ledger.errors import InvalidRequest, NotFound
 from ledger.state_store import Conn
 
@@ -169,10 +170,8 @@ async def create_key(
                 if granted != len(trade_point_ids):
                     # Rolls the key back with the transaction.
                     raise InvalidRequest("the key's trade points must be its organization's own")
-    except asyncpg.ForeignKeyViolationError as err:
-        raise NotFound(f"refers to something that does not exist: {err.detail}") from err
-    except asyncpg.CheckViolationError as err:
-        raise InvalidRequest(f"invalid value ({err.constraint_name})") from err
+    except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError) as err:
+        raise translate(err) from err
     return key_id, key
 
 

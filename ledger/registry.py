@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from ledger.constraints import translate
 from ledger.errors import (
-    AlreadyExists,
     InvalidRequest,
     NotFound,
     PreconditionFailed,
@@ -93,13 +93,7 @@ def _device(row: asyncpg.Record) -> Device:
 
 
 def _translate(err: asyncpg.PostgresError) -> RegistryError:
-    if isinstance(err, asyncpg.UniqueViolationError):
-        return AlreadyExists(f"already registered: {err.detail or err}")
-    if isinstance(err, asyncpg.ForeignKeyViolationError):
-        return NotFound(f"refers to something that does not exist: {err.detail}")
-    if isinstance(err, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
-        return InvalidRequest(f"invalid value ({err.constraint_name or err})")
-    return InvalidRequest(str(err))
+    return translate(err)
 
 
 async def add_organization(conn: Conn, org: Organization) -> Organization:
