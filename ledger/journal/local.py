@@ -258,6 +258,27 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class JournalHeld(SinkError):
+    """Another process writes this journal directory (it holds the flock on LOCK)."""
+
+    def __init__(self, directory: Path, pid: int | None) -> None:
+        holder = "another process" if pid is None else f"process {pid}"
+        super().__init__(f"journal {directory} is held by {holder}", retriable=False)
+        self.directory = directory
+        self.pid = pid
+
+
+def _lock(fd: int, directory: Path) -> None:
+    """The writer's flock on LOCK, and its pid written there for the one it keeps out."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        raise JournalHeld(directory, int(text) if text.isdigit() else None) from err
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
 class LocalJournal:
     """The single writer of a journal directory (an flock on LOCK keeps out a second one)."""
 
@@ -274,7 +295,7 @@ class LocalJournal:
         except OSError as err:
             raise SinkError(f"cannot open journal {directory}: {err}", retriable=False) from err
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(self._lock_fd, directory)
             self._open_last_segment()
         except (OSError, SinkError) as err:
             if self._fd >= 0:

@@ -10,14 +10,21 @@ session of its own whose restrictions the engine enforces (QueryLimits.settings)
 can neither write, nor lift its limits, nor hold the loader's lock.
 """
 
+import fcntl
 import importlib
 import json
+import logging
+import os
+import re
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
+
+from ledger.errors import OfdError
 
 DEFAULT_DATABASE = "ofd"
 SCHEMA_RESOURCE = "schema.sql"
@@ -28,6 +35,68 @@ STATEMENT_SEPARATOR = "\n;\n"
 Row = dict[str, Any]
 GIB = 1 << 30
 MIB = 1 << 20
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
+
+
+class WarehouseHeld(OfdError):
+    """Another process has the chDB directory open (chDB admits one process per directory)."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = "another process" if pid is None else f"process {pid}"
+        super().__init__(f"the warehouse {path} is held by {holder}")
+        self.path = path
+        self.pid = pid
+
+
+class WarehouseUnreachable(OfdError):
+    """The ClickHouse server of --clickhouse-url does not answer."""
+
+
+# chDB directories this process holds: resolved path -> (fd of the lock file, opens). One
+# process may open a directory more than once (tests do); another process may not at all.
+_held: dict[Path, tuple[int, int]] = {}
+_held_lock = threading.Lock()
+
+
+def _hold(path: Path) -> None:
+    """An flock on <path>.lock with this pid in it, before chDB opens the directory: a second
+    process learns who holds it, instead of chDB's BAD_ARGUMENTS."""
+    key = path.resolve()
+    with _held_lock:
+        if key in _held:
+            fd, opens = _held[key]
+            _held[key] = (fd, opens + 1)
+            return
+        fd = os.open(key.parent / f"{key.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise WarehouseHeld(path, int(text) if text.isdigit() else None) from err
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[key] = (fd, 1)
+
+
+def _release(path: Path) -> None:
+    key = path.resolve()
+    with _held_lock:
+        fd, opens = _held.pop(key, (-1, 0))
+        if opens > 1:
+            _held[key] = (fd, opens - 1)
+        elif fd >= 0:
+            os.close(fd)  # the flock goes with it
+
+
+def redacted(url: str) -> str:
+    """A URL without the password it may carry."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +219,12 @@ class ChdbWarehouse:
         path.mkdir(parents=True, exist_ok=True)
         self.database = database
         self._path = path
-        self._session: Any = session_module.Session(str(path))
+        _hold(path)
+        try:
+            self._session: Any = session_module.Session(str(path))
+        except BaseException:
+            _release(path)
+            raise
         # The session is shared by the loader thread and the query endpoint's threads.
         self._lock = threading.Lock()
 
@@ -174,6 +248,7 @@ class ChdbWarehouse:
     def close(self) -> None:
         with self._lock:
             self._session.close()
+        _release(self._path)
 
 
 def _escaped(value: str) -> str:
@@ -229,7 +304,21 @@ class ServerWarehouse:
 
         self.database = database
         self._url = url
-        self._client = clickhouse_connect.get_client(dsn=url)
+        # Its logger would print a line of its own ("Unexpected Http Driver Exception") beside
+        # the one error the caller reports.
+        quiet = logging.getLogger("clickhouse_connect")
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url)
+        except clickhouse_connect.driver.exceptions.Error as err:
+            found = _ERRNO.search(str(err))
+            reason = found[0].strip() if found else str(err).splitlines()[0]
+            raise WarehouseUnreachable(
+                f"cannot reach ClickHouse at {redacted(url)} ({reason}): check --clickhouse-url"
+                " (CLICKHOUSE_URL) and that the server is up"
+            ) from err
+        finally:
+            quiet.setLevel(level)
         self._lock = threading.Lock()
 
     def execute(self, sql: str) -> None:
