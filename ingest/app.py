@@ -109,10 +109,14 @@ def _grpc_servers(
         auth_failures=settings.control_auth_failures,
     )
     metrics.watch_failures("control_key", control_service.auth_failures)
+    # gRPC binds with SO_REUSEPORT unless told not to: a second gateway on the same ports would
+    # silently share them. Shared only when asked (--reuse-port, several processes per host).
+    reuse = (("grpc.so_reuseport", int(settings.server.reuse_port)),)
     control = GrpcServer(
         f"{settings.control_host}:{settings.control_port}",
         control_service.generic_handler(),
         CONTROL_SERVICE,
+        options=reuse,
     )
     if settings.grpc_port is None:
         return control, None
@@ -120,7 +124,7 @@ def _grpc_servers(
         f"{settings.server.host}:{settings.grpc_port}",
         ingest.generic_handler(),
         grpc_ingest.SERVICE,
-        options=grpc_ingest.SERVER_OPTIONS,
+        options=grpc_ingest.SERVER_OPTIONS + reuse,
         maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
     )
 
@@ -164,9 +168,19 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         async with asyncio.TaskGroup() as tasks:
             commit_task = tasks.create_task(committer.run(), name="group-commit")
             background = _background_tasks(tasks, settings, pool, metrics, notifier)
-            for server in grpc_servers:
-                await server.start()
-            await tcp.start()
+            try:
+                for server in grpc_servers:
+                    await server.start()
+                await tcp.start()
+            except BaseException:
+                # E.g. the TCP port is taken: the started servers stop on this loop, not in a
+                # finalizer after it closed, and the task group ends with the error alone.
+                for server in grpc_servers:
+                    await server.stop()
+                commit_task.cancel()
+                for task in background:
+                    task.cancel()
+                raise
             metrics_port: int | None = None
             try:
                 if settings.metrics_port is not None:
