@@ -299,7 +299,7 @@ async def current_token(conn: Conn, system_id: int) -> int:
     if row is None:
         raise NotFound(f"no device with system id {system_id}")
     if row["token"] is None:
-        raise PreconditionFailed("no token issued yet: IssueToken")
+        raise PreconditionFailed("no token issued yet: issue one (ofd kkm reset-token)")
     token: int = row["token"]
     return token
 

@@ -268,6 +268,9 @@ class ControlService:
             await self._scope_point(conn, caller, "devices", req.trade_point_id)
             async with conn.transaction():
                 added = await registry.add_device(conn, device)
+                # Its first token, as the cabinet's registration issues one: `ofd kkm get-token`
+                # shows it; a new one is `ofd kkm reset-token`'s to issue.
+                await registry.issue_token(conn, added.system_id)
                 await registry.audit(
                     conn, caller.name, "AddDevice", added.system_id, point=req.trade_point_id
                 )
@@ -401,7 +404,7 @@ class ControlService:
                 token = await registry.current_token(conn, req.system_id)
                 if token is None:
                     await registry.get_device(conn, req.system_id)  # not_found if it is none
-                    raise PreconditionFailed("no token issued yet: IssueToken")
+                    raise PreconditionFailed("no token issued yet: issue one (ofd kkm reset-token)")
                 await registry.audit(conn, caller.name, "GetToken", req.system_id)
         return pb.TokenIssued(system_id=req.system_id, token=token)
 
