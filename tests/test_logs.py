@@ -3,15 +3,23 @@ request name its device and request number (refusals at info, every answer at de
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import register_device
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from wire import ask, body, ticket
 
 from ingest.codec import encode
 from ledger.wire import ResultCode
+from simulators.stage.ports import free_ports
 from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 VERSION = 204
@@ -65,3 +73,38 @@ async def test_request_lines_carry_device_and_request_number(
         assert answered == [("request answered", 1), ("retry answered as before", 1)]
     else:
         assert answered == []
+
+
+def test_every_stderr_line_is_json_grpc_included(tmp_path: Path, database_url: str) -> None:
+    """stderr alone (stdout has the ready line): gRPC's C core writes there too unless silenced
+    (ingest/__init__.py sets GRPC_VERBOSITY=NONE before grpc is imported), so a gRPC ingest port
+    is served and called, and the gateway stopped, before every line is parsed."""
+    grpc_port = next(free_ports(range(20000, 30000)))
+    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(tmp_path),
+             "--database-url", database_url, "--port", "0", "--control-port", "0",
+             "--grpc-port", str(grpc_port), "--metrics-port", "0", "--log-level", "debug"],
+            stdout=out, stderr=err, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in stdout.read_text():
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
+        device = encode(VERSION, 1, 1, 1, body(ticket(VERSION, 1)))
+        tcp = int(stdout.read_text().split("tcp=127.0.0.1:")[1].split()[0])
+        assert asyncio.run(ask(tcp, device)).code == ResultCode.UNKNOWN_ID
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    lines = stderr.read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
