@@ -8,16 +8,17 @@ ofd web-user add --org ID --login L [--main] [--name ...] < password   (one line
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvloop
 
 from cabinet.app import serve_web
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
+from ingest.cli_options import option
 from ingest.limits import FailureBudget
 from ingest.logs import configure_logging
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
@@ -28,10 +29,6 @@ from ledger.migrate import migrate
 from ledger.receipt_check import DEFAULT_WEB_PORT
 
 EXIT_FAILED = 1
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 def _settings(args: argparse.Namespace) -> WebSettings:
@@ -93,57 +90,83 @@ def _run_add_user(args: argparse.Namespace) -> int:
 
 
 def _database(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR)))
-    p.add_argument(
+    option(
+        p,
+        "--data-dir",
+        env="OFD_DATA_DIR",
+        default=str(DEFAULT_DATA_DIR),
+        help="the gateway's data directory (its embedded PostgreSQL, the loader's service)",
+    )
+    option(
+        p,
         "--database-url",
-        default=_env("OFD_DATABASE_URL", ""),
+        env="OFD_DATABASE_URL",
+        default="",
         help="PostgreSQL DSN; empty joins the embedded server in DATA_DIR/pg",
     )
 
 
-def add_web_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     web = sub.add_parser("web", help="the cabinet and the public receipt check (HTTP)")
     _database(web)
-    web.add_argument(
+    option(
+        web,
         "--web-host",
-        default=_env("OFD_WEB_HOST", "127.0.0.1"),
-        help="address to listen on (default loopback; put TLS in front of anything else)",
+        env="OFD_WEB_HOST",
+        default="127.0.0.1",
+        help="address to listen on (put TLS in front of anything but loopback)",
     )
-    web.add_argument(
-        "--web-port", type=int, default=int(_env("OFD_WEB_PORT", str(DEFAULT_WEB_PORT)))
+    option(
+        web,
+        "--web-port",
+        type=int,
+        env="OFD_WEB_PORT",
+        default=DEFAULT_WEB_PORT,
+        help="port to listen on",
     )
-    web.add_argument(
+    option(
+        web,
         "--qr-base-url",
-        default=_env("OFD_QR_BASE_URL", ""),
-        help="public URL of the check page, as printed in QR codes (default: this server's)",
+        env="OFD_QR_BASE_URL",
+        default="",
+        help="public URL of the check page, as printed in QR codes (empty: this server's)",
     )
-    web.add_argument(
+    option(
+        web,
         "--clickhouse-url",
-        default=_env("CLICKHOUSE_URL", ""),
-        help="a ClickHouse server (default: the `ofd load` query service of DATA_DIR)",
+        env="CLICKHOUSE_URL",
+        default="",
+        help="a ClickHouse server (empty: the `ofd load` query service of DATA_DIR)",
     )
-    web.add_argument(
+    option(
+        web,
         "--secure-cookie",
         action="store_true",
-        default=_env("OFD_WEB_SECURE_COOKIE", "") == "1",
+        env="OFD_WEB_SECURE_COOKIE",
         help="mark the session cookie Secure (behind TLS)",
     )
-    web.add_argument(
+    option(
+        web,
         "--login-failures",
         type=int,
-        default=int(_env("OFD_WEB_LOGIN_FAILURES", str(DEFAULT_LOGIN_FAILURES.failures))),
-        help="failed logins one address may have per minute (default %(default)s)",
+        env="OFD_WEB_LOGIN_FAILURES",
+        default=DEFAULT_LOGIN_FAILURES.failures,
+        help="failed logins one address may have per minute",
     )
-    web.add_argument(
+    option(
+        web,
         "--check-pending-minutes",
         type=float,
-        default=float(_env("OFD_WEB_CHECK_PENDING_MINUTES", "15")),
+        env="OFD_WEB_CHECK_PENDING_MINUTES",
+        default=15.0,
         help="a receipt this recent and not yet in the warehouse is 'not yet received'",
     )
-    web.add_argument(
+    option(
+        web,
         "--log-level",
         choices=LOG_LEVELS,
-        default=_env("OFD_LOG_LEVEL", "info"),
+        env="OFD_LOG_LEVEL",
+        default="info",
         help="JSON logs on stderr",
     )
     web.set_defaults(run=_run_web)
@@ -153,11 +176,11 @@ def add_web_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     )
     add = user.add_parser("add", help="add a cabinet user (password: one line on stdin)")
     _database(add)
-    add.add_argument("--org", type=int, required=True, help="organization id")
-    add.add_argument("--login", required=True)
-    add.add_argument("--main", action="store_true", help="the organization's main user")
-    add.add_argument("--name", default="")
-    add.add_argument("--email", default="")
-    add.add_argument("--phone", default="")
-    add.add_argument("--position", default="")
+    option(add, "--org", type=int, required=True, help="organization id")
+    option(add, "--login", required=True, help="the login: 3 to 64 of A-Z a-z 0-9 . _ @ -")
+    option(add, "--main", action="store_true", help="the organization's main user")
+    option(add, "--name", default="", help="the user's name")
+    option(add, "--email", default="", help="the user's e-mail")
+    option(add, "--phone", default="", help="the user's phone")
+    option(add, "--position", default="", help="the user's position")
     add.set_defaults(run=_run_add_user)

@@ -11,7 +11,6 @@ ofd kgd status [--json] [--deadline-seconds S]
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import asyncpg
 import uvloop
 
+from ingest.cli_options import option
 from ingest.logs import configure_logging
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ledger.journal.kafka import DEFAULT_TOPIC
@@ -36,10 +36,6 @@ from ledger.kgd.service import ForwardSettings, RunningForwarder, database_url, 
 
 DEFAULT_FORWARDER_METRICS_PORT = 7783  # 7781: the cabinet, 7782: the loader
 EXIT_FAILED = 1
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 def forward_settings(args: argparse.Namespace) -> ForwardSettings:
@@ -155,58 +151,95 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _database(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR)))
-    p.add_argument(
+    option(
+        p,
+        "--data-dir",
+        env="OFD_DATA_DIR",
+        default=str(DEFAULT_DATA_DIR),
+        help="the gateway's data directory (its journal and embedded PostgreSQL)",
+    )
+    option(
+        p,
         "--database-url",
-        default=_env("OFD_DATABASE_URL", ""),
+        env="OFD_DATABASE_URL",
+        default="",
         help="the registry's PostgreSQL; empty joins the embedded one in DATA_DIR/pg",
     )
-    p.add_argument(
+    option(
+        p,
         "--deadline-seconds",
         type=float,
-        default=float(_env("OFD_KGD_DEADLINE_SECONDS", str(DEFAULT_DEADLINE))),
-        help="documents must reach the KGD within this long (default 15 minutes)",
+        env="OFD_KGD_DEADLINE_SECONDS",
+        default=DEFAULT_DEADLINE,
+        help="documents must reach the KGD within this long",
     )
 
 
-def add_kgd_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_kgd_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     p = sub.add_parser("forward", help="forward the journal to the KGD and work applications")
     _database(p)
-    p.add_argument("--kgd-url", default=_env("OFD_KGD_URL", ""), help="the KGD's base URL")
-    p.add_argument("--kgd-token", default=_env("OFD_KGD_TOKEN", ""), help="bearer token")
-    p.add_argument("--ofd-id", default=_env("OFD_KGD_OFD_ID", "ofd-gateway"))
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH_DOCUMENTS, help="documents")
-    p.add_argument("--backoff-base", type=float, default=0.2, help="first retry's ceiling, s")
-    p.add_argument("--backoff-cap", type=float, default=30.0, help="longest retry wait, s")
-    p.add_argument(
+    option(p, "--kgd-url", env="OFD_KGD_URL", default="", help="the KGD's base URL (required)")
+    option(p, "--kgd-token", env="OFD_KGD_TOKEN", default="", help="bearer token for the KGD")
+    option(
+        p, "--ofd-id", env="OFD_KGD_OFD_ID", default="ofd-gateway", help="this OFD's id at the KGD"
+    )
+    option(p, "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per KGD call")
+    option(p, "--batch", type=int, default=DEFAULT_BATCH_DOCUMENTS, help="documents per call")
+    option(p, "--backoff-base", type=float, default=0.2, help="first retry's ceiling, seconds")
+    option(p, "--backoff-cap", type=float, default=30.0, help="longest retry wait, seconds")
+    option(
+        p,
         "--application-poll-seconds",
         type=float,
         default=30.0,
         help="how often a sent application's decision is asked for",
     )
-    p.add_argument(
-        "--no-applications", action="store_true", help="forward only (another process applies)"
+    option(
+        p,
+        "--no-applications",
+        action="store_true",
+        help="forward only (another process works the applications)",
     )
-    p.add_argument(
+    option(
+        p,
         "--kafka-bootstrap",
-        default=_env("OFD_KAFKA_BOOTSTRAP", ""),
+        env="OFD_KAFKA_BOOTSTRAP",
+        default="",
         help="read the journal from Kafka (host:port) instead of DATA_DIR/journal",
     )
-    p.add_argument("--kafka-topic", default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC))
-    p.add_argument(
+    option(
+        p, "--kafka-topic", env="OFD_KAFKA_TOPIC", default=DEFAULT_TOPIC, help="the journal topic"
+    )
+    option(
+        p,
         "--kafka-group",
-        default=_env("OFD_KGD_KAFKA_GROUP", DEFAULT_GROUP),
+        env="OFD_KGD_KAFKA_GROUP",
+        default=DEFAULT_GROUP,
         help="the forwarders' consumer group (apart from the warehouse loaders')",
     )
-    p.add_argument("--metrics-host", default=_env("OFD_METRICS_HOST", "127.0.0.1"))
-    p.add_argument(
+    option(
+        p,
+        "--metrics-host",
+        env="OFD_METRICS_HOST",
+        default="127.0.0.1",
+        help="address of the forwarder's Prometheus /metrics",
+    )
+    option(
+        p,
         "--metrics-port",
         type=int,
-        default=int(_env("OFD_KGD_METRICS_PORT", str(DEFAULT_FORWARDER_METRICS_PORT))),
+        env="OFD_KGD_METRICS_PORT",
+        default=DEFAULT_FORWARDER_METRICS_PORT,
         help="Prometheus /metrics port of the forwarder; 0 disables",
     )
-    p.add_argument("--log-level", choices=LOG_LEVELS, default=_env("OFD_LOG_LEVEL", "info"))
+    option(
+        p,
+        "--log-level",
+        choices=LOG_LEVELS,
+        env="OFD_LOG_LEVEL",
+        default="info",
+        help="JSON logs on stderr",
+    )
     p.set_defaults(run=_run_forward)
 
     kgd = sub.add_parser("kgd", help="the tax authority (KGD)").add_subparsers(
@@ -214,5 +247,4 @@ def add_kgd_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     )
     p = kgd.add_parser("status", help="forwarding lag, backlog, last error; applications")
     _database(p)
-    p.add_argument("--json", action="store_true")
     p.set_defaults(run=_run_status)

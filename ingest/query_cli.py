@@ -13,20 +13,17 @@ they run under the engine's restrictions and the --query-* limits (ledger/wareho
 """
 
 import argparse
-import csv
-import io
-import json
-import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
 
+from ingest.cli_options import option
 from ingest.settings import DEFAULT_DATA_DIR
+from ingest.tables import FORMATS, render
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import QueryLimits
 from ledger.warehouse.kafka_source import DEFAULT_GROUP
@@ -34,38 +31,7 @@ from ledger.warehouse.loader import DEFAULT_BATCH_RECORDS, LoaderSettings
 from ledger.warehouse.reports import QueryRefused, ReportLimits
 from ledger.warehouse.service import ServiceError, ServiceSettings, query, run_service
 
-FORMATS = ("table", "csv", "json")
 EXIT_FAILED = 1
-MAX_CELL = 60  # characters of a cell a table shows; csv and json show everything
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def render(rows: Sequence[dict[str, Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(list(rows), ensure_ascii=False, default=str, indent=1)
-    columns = list(rows[0]) if rows else []
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue().rstrip("\n")
-    if not rows:
-        return "(no rows)"
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else str(value)
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def _limits(args: argparse.Namespace) -> ReportLimits:
@@ -146,83 +112,139 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=_env("OFD_DATA_DIR", str(DEFAULT_DATA_DIR)))
-    p.add_argument(
+    option(
+        p,
+        "--data-dir",
+        env="OFD_DATA_DIR",
+        default=str(DEFAULT_DATA_DIR),
+        help="the data directory: its journal, and the warehouse in DATA_DIR/warehouse",
+    )
+    option(
+        p,
         "--clickhouse-url",
-        default=_env("CLICKHOUSE_URL", ""),
+        env="CLICKHOUSE_URL",
+        default="",
         help="a ClickHouse server instead of chDB in the data directory",
     )
     limits = ReportLimits()
-    p.add_argument("--one-device-days", type=int, default=limits.one_device_days)
-    p.add_argument("--many-devices", type=int, default=limits.many_devices)
-    p.add_argument("--many-devices-days", type=int, default=limits.many_devices_days)
+    option(
+        p,
+        "--one-device-days",
+        type=int,
+        default=limits.one_device_days,
+        help="the longest period of a one-device report, in days",
+    )
+    option(
+        p,
+        "--many-devices",
+        type=int,
+        default=limits.many_devices,
+        help="the most devices one report may cover",
+    )
+    option(
+        p,
+        "--many-devices-days",
+        type=int,
+        default=limits.many_devices_days,
+        help="the longest period of a report on several devices, in days",
+    )
     query = QueryLimits()
-    p.add_argument(
+    option(
+        p,
         "--query-timeout",
         type=float,
         default=query.timeout,
-        help=f"seconds an analyst's query may run (default {query.timeout:g})",
+        help="seconds an analyst's query may run",
     )
-    p.add_argument(
+    option(
+        p,
         "--query-max-memory",
         type=int,
         default=query.max_memory,
-        help=f"bytes of memory per query (default {query.max_memory}, 1 GiB)",
+        help="bytes of memory per query (1 GiB)",
     )
-    p.add_argument(
+    option(
+        p,
         "--query-max-rows",
         type=int,
         default=query.max_rows,
-        help=f"rows in an answer; more is an error (default {query.max_rows})",
+        help="rows in an answer; more is an error",
     )
-    p.add_argument(
+    option(
+        p,
         "--query-max-bytes",
         type=int,
         default=query.max_bytes,
-        help=f"bytes in an answer; more is an error (default {query.max_bytes}, 64 MiB)",
+        help="bytes in an answer; more is an error (64 MiB)",
     )
-    p.add_argument(
+    option(
+        p,
         "--query-concurrency",
         type=int,
         default=query.concurrency,
-        help=f"queries the service runs at once; the rest wait (default {query.concurrency})",
+        help="queries the service runs at once; the rest wait",
     )
 
 
 def _analyst_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    option(
+        p,
         "--analyst-key",
         default="",
         help="the query service's key (default: OFD_ANALYST_KEY, else DATA_DIR/analyst.key)",
     )
 
 
-def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _format(p: argparse.ArgumentParser) -> None:
+    option(p, "--format", choices=FORMATS, default="table", help="how rows are printed")
+
+
+def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     load = sub.add_parser("load", help="load the journal into the warehouse and answer queries")
     _common(load)
-    load.add_argument("--port", type=int, default=0, help="query endpoint port on 127.0.0.1")
-    load.add_argument("--batch", type=int, default=DEFAULT_BATCH_RECORDS)
-    load.add_argument(
-        "--metrics-host",
-        default=_env("OFD_METRICS_HOST", "127.0.0.1"),
-        help="address of the loader's Prometheus /metrics alone (default: loopback)",
+    option(
+        load,
+        "--port",
+        type=int,
+        default=0,
+        help="query endpoint port on 127.0.0.1 (0: one the kernel picks)",
     )
-    load.add_argument(
+    option(load, "--batch", type=int, default=DEFAULT_BATCH_RECORDS, help="records per insert")
+    option(
+        load,
+        "--metrics-host",
+        env="OFD_METRICS_HOST",
+        default="127.0.0.1",
+        help="address of the loader's Prometheus /metrics alone",
+    )
+    option(
+        load,
         "--metrics-port",
         type=int,
-        default=int(_env("OFD_LOADER_METRICS_PORT", "0")),
-        help="port of /metrics on --metrics-host, e.g. 7782; 0 (default): on the query port only",
+        env="OFD_LOADER_METRICS_PORT",
+        default=0,
+        help="port of /metrics on --metrics-host, e.g. 7782; 0: on the query port only",
     )
-    load.add_argument("--once", action="store_true", help="load what is there, then exit")
-    load.add_argument(
+    option(load, "--once", action="store_true", help="load what is there, then exit")
+    option(
+        load,
         "--kafka-bootstrap",
-        default=_env("OFD_KAFKA_BOOTSTRAP", ""),
+        env="OFD_KAFKA_BOOTSTRAP",
+        default="",
         help="read the journal from Kafka (host:port) instead of DATA_DIR/journal",
     )
-    load.add_argument("--kafka-topic", default=_env("OFD_KAFKA_TOPIC", DEFAULT_TOPIC))
-    load.add_argument(
+    option(
+        load,
+        "--kafka-topic",
+        env="OFD_KAFKA_TOPIC",
+        default=DEFAULT_TOPIC,
+        help="the journal topic",
+    )
+    option(
+        load,
         "--kafka-group",
-        default=_env("OFD_KAFKA_GROUP", DEFAULT_GROUP),
+        env="OFD_KAFKA_GROUP",
+        default=DEFAULT_GROUP,
         help="the loaders' consumer group: loaders of one group split the topic's partitions",
     )
     load.set_defaults(run=_run_load)
@@ -230,8 +252,8 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
     q = sub.add_parser("query", help="read-only SQL over the warehouse")
     _common(q)
     _analyst_key(q)
-    q.add_argument("sql")
-    q.add_argument("--format", choices=FORMATS, default="table")
+    q.add_argument("sql", help="one SELECT (the views: ofd.receipts, ofd.documents, ...)")
+    _format(q)
     q.set_defaults(run=_run_query)
 
     report = sub.add_parser("report", help="named reports").add_subparsers(
@@ -245,10 +267,10 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[argparse.ArgumentPar
         p = report.add_parser(name, help=text)
         _common(p)
         _analyst_key(p)
-        p.add_argument("--device", type=int, action="append", required=True)
+        option(p, "--device", type=int, action="append", required=True, help="system id (repeat)")
         if name == "receipts":
-            p.add_argument("--shift", type=int)
-        p.add_argument("--from", dest="start", help="first day, YYYY-MM-DD")
-        p.add_argument("--to", dest="end", help="last day, YYYY-MM-DD (default: --from)")
-        p.add_argument("--format", choices=FORMATS, default="table")
+            option(p, "--shift", type=int, help="the shift's number")
+        option(p, "--from", dest="start", help="first day, YYYY-MM-DD")
+        option(p, "--to", dest="end", help="last day, YYYY-MM-DD (default: --from)")
+        _format(p)
         p.set_defaults(run=_run_report)

@@ -29,8 +29,12 @@ def read_by_cli(name: str, value: str) -> bool:
     probes = [value, str(int(value) + 1) if value.isdigit() else value + "x"]
     for command in COMMANDS:
         base = cli_args(command)
-        if any(cli_args(command, {name: probe}) != base for probe in probes):
-            return True
+        for probe in probes:
+            try:
+                if cli_args(command, {name: probe}) != base:
+                    return True
+            except SystemExit:  # the value was refused: so it was read, and checked
+                return True
     return False
 
 

@@ -409,4 +409,6 @@ def test_verify_corrupt_names_segment_offset_kind_and_what_follows(tmp_path: Pat
 def test_verify_without_a_journal(tmp_path: Path) -> None:
     result = ofd("verify", "--data-dir", str(tmp_path))
     assert result.returncode == 1
-    assert result.stderr == f"error: no journal under {tmp_path / 'journal'}\n"
+    assert result.stderr == (
+        f"error: no journal under {tmp_path / 'journal'}: is --data-dir the gateway's?\n"
+    )
