@@ -52,15 +52,20 @@ class Ofd:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def __call__(self, *argv: str, key: str | None = None) -> Result:
+        code, out, err = await self.text(*argv, "--json", key=key)
+        return Result(code, json.loads(out) if code == 0 and out.strip() else None, err)
+
+    async def text(self, *argv: str, key: str | None = None) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr of `ofd ARGV` as printed (a table unless --json)."""
         args = ["--control", self.control, "--key-file", "/nonexistent"]
         if (key if key is not None else self.key) != "":
             args += ["--key", key if key is not None else self.key]
         async with self.lock:  # capsys is one buffer: one call at a time
             self.capsys.readouterr()
             async with asyncio.timeout(CLI_DEADLINE):
-                code = await asyncio.to_thread(main, [*args, *argv, "--json"])
+                code = await asyncio.to_thread(main, [*args, *argv])
             out, err = self.capsys.readouterr()
-        return Result(code, json.loads(out) if code == 0 and out.strip() else None, err)
+        return code, out, err
 
     async def ok(self, *argv: str, key: str | None = None) -> Any:
         result = await self(*argv, key=key)
