@@ -69,6 +69,7 @@ from ingest.guessing import (
     GuessSettings,
 )
 from ingest.journal_cli import add_journal_commands, corrupt_message
+from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.kgd_cli import add_kgd_commands
 from ingest.kkm_send import add_send_command
 from ingest.limits import FailureBudget
@@ -151,6 +152,9 @@ def _kafka_from(args: argparse.Namespace) -> KafkaSettings | None:
         client_id=f"ofd-{args.gateway_id}",
         on_outage=args.kafka_outage,
         partitions=args.kafka_partitions,
+        replication_factor=args.kafka_replication_factor or None,
+        min_insync_replicas=args.kafka_min_insync_replicas or None,
+        security=kafka_security_from(args),
     )
 
 
@@ -293,6 +297,26 @@ def _add_serve(sub: Any) -> None:
         default=DEFAULT_PARTITIONS,
         help="partitions of the journal topic when the gateway creates it",
     )
+    option(
+        serve,
+        "--kafka-replication-factor",
+        type=int,
+        env="OFD_KAFKA_REPLICATION_FACTOR",
+        default=0,
+        shown="3, or every broker where there are fewer",
+        help="replicas of the journal topic; start refuses an existing topic with fewer",
+    )
+    option(
+        serve,
+        "--kafka-min-insync-replicas",
+        type=int,
+        env="OFD_KAFKA_MIN_INSYNC_REPLICAS",
+        default=0,
+        shown="one less than the replication factor, at least 1",
+        help="replicas that must hold a document before a device is answered OK (the topic's"
+        " min.insync.replicas); start refuses an existing topic with a lower one",
+    )
+    add_kafka_security(serve)
     option(
         serve,
         "--kafka-outage",

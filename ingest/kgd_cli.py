@@ -20,6 +20,7 @@ import asyncpg
 import uvloop
 
 from ingest.cli_options import option
+from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.logs import configure_logging
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ledger.journal.kafka import DEFAULT_TOPIC
@@ -58,6 +59,7 @@ def forward_settings(args: argparse.Namespace) -> ForwardSettings:
         kafka_bootstrap=args.kafka_bootstrap or None,
         kafka_topic=args.kafka_topic,
         kafka_group=args.kafka_group,
+        kafka_security=kafka_security_from(args),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port or None,
     )
@@ -217,6 +219,7 @@ def add_kgd_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         default=DEFAULT_GROUP,
         help="the forwarders' consumer group (apart from the warehouse loaders')",
     )
+    add_kafka_security(p)
     option(
         p,
         "--metrics-host",

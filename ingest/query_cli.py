@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from ingest.cli_options import option
+from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.settings import DEFAULT_DATA_DIR
 from ingest.tables import FORMATS, render
 from ledger.journal.kafka import DEFAULT_TOPIC
@@ -63,6 +64,7 @@ def _run_load(args: argparse.Namespace) -> int:
         kafka_bootstrap=args.kafka_bootstrap or None,
         kafka_topic=args.kafka_topic,
         kafka_group=args.kafka_group,
+        kafka_security=kafka_security_from(args),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -247,6 +249,7 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         default=DEFAULT_GROUP,
         help="the loaders' consumer group: loaders of one group split the topic's partitions",
     )
+    add_kafka_security(load)
     load.set_defaults(run=_run_load)
 
     q = sub.add_parser("query", help="read-only SQL over the warehouse")

@@ -5,7 +5,10 @@ lower min.insync.replicas refused at start rather than trusted. The client secur
 to librdkafka's.
 """
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -112,3 +115,37 @@ def test_security_settings_map_to_librdkafka() -> None:
 def test_contradictory_security_is_refused(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         KafkaSecurity(**kwargs)
+
+
+@pytest.mark.topology
+def test_ofd_serve_refuses_an_under_replicated_topic_in_one_line(
+    kafka_cluster: KafkaCluster, database_url: str, tmp_path: Path
+) -> None:
+    topic = _topic()
+    _create(kafka_cluster.bootstrap, topic, 1, 1)
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--database-url", database_url, "--port", "0", "--control-port", "0",
+         "--metrics-port", "0", "--grpc-port", "0",
+         "--journal", "kafka", "--kafka-bootstrap", kafka_cluster.bootstrap,
+         "--kafka-topic", topic],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert f"kafka topic {topic} has 1 replicas where 3 are asked" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreadable_sasl_password_file_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--journal", "kafka", "--kafka-bootstrap", "127.0.0.1:1",
+         "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", "SCRAM-SHA-512",
+         "--kafka-sasl-username", "ofd", "--kafka-sasl-password-file", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot read --kafka-sasl-password-file" in done.stderr
+    assert "Traceback" not in done.stderr

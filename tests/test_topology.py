@@ -75,9 +75,13 @@ def receipt(number: int) -> Any:
     )
 
 
-async def answered(till: Till, first: Callable[[], Awaitable[Any]]) -> Any:
-    """The first attempt, then the same frame again until a real answer (not 254)."""
-    attempt = first
+async def answered(till: Till, request: Any) -> Any:
+    """`request` sent, then the same frame again until a real answer (not 254)."""
+
+    async def first() -> Any:
+        return await till.kkm.send(request)
+
+    attempt: Callable[[], Awaitable[Any]] = first
     while True:
         try:
             response = await attempt()
@@ -96,7 +100,7 @@ async def sell(till: Till, stop: asyncio.Event, progress: asyncio.Condition) -> 
     number = 0
     while not stop.is_set():
         number += 1
-        response = await answered(till, lambda n=number: till.kkm.send(receipt(n)))
+        response = await answered(till, receipt(number))
         assert response.result.result_code == ResultCode.OK, response.result.result_text
         till.acknowledged.append(number)
         async with progress:
@@ -150,11 +154,21 @@ def topic_documents(topology: Topology) -> dict[str, int]:
             message = consumer.poll(1.0)
             if message is None or message.error():
                 continue
-            record = JournalRecord.FromString(message.value())
-            assert decode_key(message.key()) == record.device_id
+            value, key, offset, partition = (
+                message.value(),
+                message.key(),
+                message.offset(),
+                message.partition(),
+            )
+            assert value is not None
+            assert key is not None
+            assert offset is not None
+            assert partition is not None
+            record = JournalRecord.FromString(value)
+            assert decode_key(key) == record.device_id
             copies[record.document_id] = copies.get(record.document_id, 0) + 1
-            if message.offset() + 1 >= ends[message.partition()]:
-                done.add(message.partition())
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
         assert len(done) == len(partitions), "the topic was not read to its end"
         return copies
     finally:
@@ -231,7 +245,7 @@ async def test_faults_lose_nothing_acknowledged(topology: Topology) -> None:
     # Every device's last token works (the answer it was last given is what the OFD knows).
     for till in tills:
         number = till.acknowledged[-1] + 1
-        response = await answered(till, lambda n=number, t=till: t.kkm.send(receipt(n)))
+        response = await answered(till, receipt(number))
         assert response.result.result_code == ResultCode.OK, response.result.result_text
         till.acknowledged.append(number)
     acknowledged = {f"{t.system_id}/s1/d{n}" for t in tills for n in t.acknowledged}
