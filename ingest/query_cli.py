@@ -23,16 +23,25 @@ from prometheus_client import start_http_server
 
 from ingest.cli_options import option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
-from ingest.settings import DEFAULT_DATA_DIR
+from ingest.logs import configure_logging
+from ingest.progress import Progress
+from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ingest.tables import FORMATS, render
+from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import QueryLimits
 from ledger.warehouse.kafka_source import DEFAULT_GROUP
-from ledger.warehouse.loader import DEFAULT_BATCH_RECORDS, LoaderSettings
+from ledger.warehouse.loader import (
+    DEFAULT_BATCH_RECORDS,
+    POSITIONS_SQL,
+    LoaderSettings,
+    not_loaded,
+)
 from ledger.warehouse.reports import QueryRefused, ReportLimits
 from ledger.warehouse.service import ServiceError, ServiceSettings, query, run_service
 
 EXIT_FAILED = 1
+UNLOADED_CAP = 100_000  # records counted past the warehouse's position at most
 
 
 def _limits(args: argparse.Namespace) -> ReportLimits:
@@ -66,6 +75,7 @@ def _run_load(args: argparse.Namespace) -> int:
         kafka_group=args.kafka_group,
         kafka_security=kafka_security_from(args),
     )
+    configure_logging(args.log_level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -73,7 +83,10 @@ def _run_load(args: argparse.Namespace) -> int:
         # /metrics alone, apart from the query endpoint (which stays on loopback), for a
         # Prometheus on another machine; the loader's metrics live in the default registry.
         start_http_server(args.metrics_port, args.metrics_host)
-    loaded = run_service(settings, stop, once=args.once)
+    progress = Progress("load", "documents") if args.once else None
+    loaded = run_service(settings, stop, once=args.once, progress=progress)
+    if progress is not None:
+        progress.finish()
     print(f"loaded {loaded} documents", file=sys.stderr)
     return 0
 
@@ -99,7 +112,37 @@ def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> int:
 
 
 def _run_query(args: argparse.Namespace) -> int:
-    return _ask(args, {"sql": args.sql})
+    code = _ask(args, {"sql": args.sql})
+    if code == 0:
+        _warn_unloaded(args)
+    return code
+
+
+def _warn_unloaded(args: argparse.Namespace) -> None:
+    """A warning on stderr when the local journal holds records the warehouse has not loaded:
+    an answer of 0 rows before the first `ofd load` is not the truth about the receipts."""
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "journal").is_dir():
+        return
+    try:
+        rows = query(
+            data_dir,
+            {"sql": POSITIONS_SQL},
+            clickhouse_url=args.clickhouse_url or None,
+            key=args.analyst_key or None,
+        )
+        positions = {str(r["source"]): int(r["position"]) for r in rows}
+        missing = not_loaded(data_dir / "journal", positions, UNLOADED_CAP)
+    except (OfdError, OSError, ValueError):  # a warning is best effort: the answer stands
+        return
+    if missing:
+        more = "more than " if missing >= UNLOADED_CAP else ""
+        records = "record" if missing == 1 else "records"
+        print(
+            f"warning: the journal holds {more}{missing} {records} the warehouse has not loaded"
+            f" yet: run `ofd load --once --data-dir {data_dir}`, or keep `ofd load` running",
+            file=sys.stderr,
+        )
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -110,7 +153,10 @@ def _run_report(args: argparse.Namespace) -> int:
         params["from"] = args.start
     if args.end:
         params["to"] = args.end
-    return _ask(args, {"name": args.report, "params": params})
+    code = _ask(args, {"name": args.report, "params": params})
+    if code == 0:
+        _warn_unloaded(args)
+    return code
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -250,6 +296,14 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         help="the loaders' consumer group: loaders of one group split the topic's partitions",
     )
     add_kafka_security(load)
+    option(
+        load,
+        "--log-level",
+        choices=LOG_LEVELS,
+        env="OFD_LOG_LEVEL",
+        default="info",
+        help="JSON logs on stderr",
+    )
     load.set_defaults(run=_run_load)
 
     q = sub.add_parser("query", help="read-only SQL over the warehouse")

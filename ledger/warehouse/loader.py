@@ -159,6 +159,24 @@ def local_sources(journal_root: Path) -> list[Source]:
     return [LocalJournalSource(p) for p in sorted(journal_root.iterdir()) if p.is_dir()]
 
 
+# Every source's position, as an analyst may ask it (`ofd query` compares it with the journal).
+POSITIONS_SQL = (
+    "SELECT source, toUInt64(argMax(position, committed_at)) AS position"
+    " FROM ofd.loader_positions GROUP BY source"
+)
+
+
+def not_loaded(journal_root: Path, positions: dict[str, int], cap: int) -> int:
+    """Records of the local journals past the warehouse's positions (counted up to `cap`)."""
+    count = 0
+    for source in local_sources(journal_root):
+        for _ in source.read(positions.get(source.name, 0), cap - count):
+            count += 1
+        if count >= cap:
+            break
+    return count
+
+
 def read_position(warehouse: Warehouse, source: str) -> int:
     rows = warehouse.select(
         f"SELECT toUInt64(argMax(position, committed_at)) AS position, count() AS n"

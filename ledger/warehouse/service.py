@@ -231,15 +231,22 @@ def _handler(
     return Handler
 
 
-def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool = False) -> int:
-    """Owns the warehouse until `stop` is set; `once`: load what is there, then return."""
+def run_service(
+    settings: ServiceSettings,
+    stop: threading.Event,
+    *,
+    once: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Owns the warehouse until `stop` is set; `once`: load what is there, then return, telling
+    `progress` the documents loaded so far after every batch."""
     directory = warehouse_dir(settings.data_dir)
     warehouse = open_warehouse(path=directory, url=settings.clickhouse_url)
     sources = _sources(settings, warehouse)
     try:
         loader = Loader(warehouse, sources, settings.loader)
         if once:
-            return _load_once(loader, sources)
+            return _load_once(loader, sources, progress or (lambda _: None))
         key_hash = _key_hash(ensure_analyst_key(settings.data_dir))
         analyst = warehouse.analyst(settings.query)
         server = ThreadingHTTPServer(
@@ -270,17 +277,25 @@ def run_service(settings: ServiceSettings, stop: threading.Event, *, once: bool 
         warehouse.close()
 
 
-def _load_once(loader: Loader, sources: Callable[[], list[Source]]) -> int:
+def _load_once(
+    loader: Loader, sources: Callable[[], list[Source]], progress: Callable[[int], None]
+) -> int:
     """Loads what is there. A local journal is read to its end; a consumer group first has to
     give this loader its partitions (a join takes seconds), and the records then arrive over
     several polls, so Kafka counts as loaded once nothing has come for ONCE_QUIET seconds."""
     if not isinstance(sources, KafkaGroupMember):
-        return sum(loader.drain())
+        loaded = 0
+        for count in loader.drain():
+            loaded += count
+            progress(loaded)
+        return loaded
     deadline = time.monotonic() + ONCE_JOIN_TIMEOUT
     loaded, quiet_since = 0, time.monotonic()
     while True:
         count = loader.step()
         loaded += count
+        if count:
+            progress(loaded)
         now = time.monotonic()
         if not sources.assigned:
             if now > deadline:

@@ -1,0 +1,87 @@
+"""`ofd load --once` says how far it is, and `ofd query` says when the journal holds documents the
+warehouse has not loaded (an answer of 0 rows before the first load is no answer)."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from warehouse_journal import receipt_record, write_journal
+
+from ingest.progress import Progress
+
+RECEIPTS = 30
+
+
+def ofd(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_query_warns_until_the_journal_is_loaded_and_load_reports_progress(
+    tmp_path: Path,
+) -> None:
+    entries = [receipt_record(100001, number)[0] for number in range(1, RECEIPTS + 1)]
+    write_journal(tmp_path / "journal" / "gw1", entries)
+    sql = "SELECT count() AS n FROM ofd.receipts"
+
+    before = ofd("query", "--data-dir", str(tmp_path), sql)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.split() == ["n", "-", "0"]
+    assert before.stderr == (
+        f"warning: the journal holds {RECEIPTS} records the warehouse has not loaded yet: run"
+        f" `ofd load --once --data-dir {tmp_path}`, or keep `ofd load` running\n"
+    )
+
+    loaded = ofd("load", "--once", "--data-dir", str(tmp_path), "--batch", "7")
+    assert loaded.returncode == 0, loaded.stderr
+    *logs, last = loaded.stderr.splitlines()
+    assert last == f"loaded {RECEIPTS} documents"
+    records = [json.loads(line) for line in logs]  # not a terminal: JSON lines, like the logs
+    assert records[-1]["event"] == "load done"
+    assert records[-1]["documents"] == RECEIPTS
+
+    after = ofd("query", "--data-dir", str(tmp_path), sql)
+    assert after.stdout.split() == ["n", "--", str(RECEIPTS)]
+    assert after.stderr == ""
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_and_in_a_log() -> None:
+    now = [0.0]
+    shown = Terminal()
+    progress = Progress("load", "documents", shown, clock=lambda: now[0])
+    for step in range(1, 4):
+        now[0] = step * 1.0
+        progress(step * 1000)
+    progress.finish()
+    assert shown.getvalue().split("\r")[1:] == [
+        "load: 1,000 documents (1,000/s, 1 s)",
+        "load: 2,000 documents (1,000/s, 2 s)",
+        "load: 3,000 documents (1,000/s, 3 s)",
+        "load: 3,000 documents (1,000/s, 3 s)\n",
+    ]
+
+    logged = io.StringIO()
+    now[0] = 10.0
+    progress = Progress("export", "rows", logged, clock=lambda: now[0])
+    for step in range(10):
+        now[0] = 10 + step * 0.5
+        progress(step)
+    progress.finish()
+    lines = [json.loads(line) for line in logged.getvalue().splitlines()]
+    assert [(r["event"], r["rows"]) for r in lines] == [
+        ("export progress", 4),  # every 2 s
+        ("export progress", 8),
+        ("export done", 9),
+    ]
