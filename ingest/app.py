@@ -129,6 +129,35 @@ def _grpc_servers(
     )
 
 
+def _pipeline(
+    settings: Settings, pool: asyncpg.Pool, committer: GroupCommitter, metrics: GatewayMetrics
+) -> tuple[Pipeline, Notifier | None]:
+    """The request pipeline and, with an MQTT URL, the notifier it hands events to."""
+    pipeline = Pipeline(
+        pool,
+        committer,
+        PipelineSettings(
+            settings.gateway_id,
+            settings.fiscal,
+            settings.commit.db_timeout,
+            settings.refusal_logs_per_device,
+        ),
+    )
+    metrics.watch_shifts(pipeline.shift_stats)
+    metrics.watch_offline(pool)
+    mqtt = settings.mqtt()
+    notifier = None if mqtt is None else Notifier(mqtt)
+    if notifier is not None:
+        pipeline.on_event = notifier.publish
+        metrics.watch_notifier(notifier.stats)
+    return pipeline, notifier
+
+
+def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     """A started gateway; leaving the block drains in-flight requests and shuts it down."""
@@ -143,23 +172,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         metrics = GatewayMetrics(settings.gateway_id)
         committer = GroupCommitter(pool, metrics.counting(journal), settings.commit)
         metrics.watch_commits(committer)
-        pipeline = Pipeline(
-            pool,
-            committer,
-            PipelineSettings(
-                settings.gateway_id,
-                settings.fiscal,
-                settings.commit.db_timeout,
-                settings.refusal_logs_per_device,
-            ),
-        )
-        metrics.watch_shifts(pipeline.shift_stats)
-        metrics.watch_offline(pool)
-        mqtt = settings.mqtt()
-        notifier = None if mqtt is None else Notifier(mqtt)
-        if notifier is not None:
-            pipeline.on_event = notifier.publish
-            metrics.watch_notifier(notifier.stats)
+        pipeline, notifier = _pipeline(settings, pool, committer, metrics)
         tcp = _tcp_server(settings, pipeline, metrics)
         ingest = GrpcIngest(metrics.timed(pipeline.handle, "grpc"), tcp.guard)
         metrics.watch_frame_errors("grpc", lambda: ingest.stats.bad_metadata)
@@ -177,9 +190,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                 # finalizer after it closed, and the task group ends with the error alone.
                 for server in grpc_servers:
                     await server.stop()
-                commit_task.cancel()
-                for task in background:
-                    task.cancel()
+                _cancel([commit_task, *background])
                 raise
             metrics_port: int | None = None
             try:
@@ -205,9 +216,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
                     await server.stop()
                 await ingest.drain(DRAIN_SECONDS)
                 await metrics.stop_http()
-                commit_task.cancel()
-                for task in background:
-                    task.cancel()
+                _cancel([commit_task, *background])
         await journal.close()
     finally:
         await pool.close()
