@@ -6,15 +6,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup proto proto-check demo serve web test lint bench clean kafka-jars cluster cluster-down
+.PHONY: setup lock proto proto-check demo serve web test lint bench clean kafka-jars cluster cluster-down
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the pinned set, each file checked against its hash (requirements-dev.lock: the runtime
+# dependencies and the tools), then the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-pins both lock files from pyproject.toml, keeping every pin that still fits (uv prefers what
+# the lock holds; UPGRADE=1 takes the newest); uv runs from a venv of its own, not the project's.
+UV_VENV := .uv
+lock:
+	test -x $(UV_VENV)/bin/uv || ($(PYTHON) -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install --quiet uv)
+	$(UV_VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
+	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o requirements-dev.lock
+	$(UV_VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes \
+	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o requirements.lock
 
 # Regenerates the Python code for every .proto; the output is committed and tests/test_proto_fresh.py
 # fails when it differs from what this target would write.
@@ -72,4 +85,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.summary
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results
+	rm -rf $(VENV) $(UV_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .ofd-demo bench-results
