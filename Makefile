@@ -25,9 +25,9 @@ UV_VENV := .uv
 lock:
 	test -x $(UV_VENV)/bin/uv || ($(PYTHON) -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install --quiet uv)
 	$(UV_VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
-	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o requirements-dev.lock
+	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -q -o requirements-dev.lock
 	$(UV_VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes \
-	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o requirements.lock
+	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -q -o requirements.lock
 
 # Regenerates the Python code for every .proto; the output is committed and tests/test_proto_fresh.py
 # fails when it differs from what this target would write.
