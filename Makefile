@@ -35,7 +35,7 @@ proto: $(STAMP)
 	$(BIN)/python proto/generate.py proto
 
 demo: $(STAMP)
-	$(BIN)/python -m simulators.demo
+	$(BIN)/python -m simulators.demo $(DEMO_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/ofd serve

@@ -15,14 +15,18 @@ user, and a customer's check of a receipt by the very QR URL the gateway printed
 Exits 0 only if every check holds.
 """
 
+import argparse
 import asyncio
+import contextlib
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -35,10 +39,14 @@ from ofdproto.control.v1 import control_pb2 as pb
 from simulators.kkm import SimulatedKkm
 from simulators.receipts import PaymentKind, build_info, build_system, build_ticket, random_lines
 from simulators.stage.kgd import kgd_state, start_forwarder, start_kgd
+from simulators.stage.ports import free_ports
 from simulators.stage.processes import ServerProcess, start_gateway, stop
 
 DATA_DIR = Path(".ofd-demo")
-DEMO_PORT, DEMO_CONTROL_PORT = 7777, 7778  # the defaults of `ofd serve`, below the ephemeral range
+# The defaults of `ofd serve` and `ofd web`, below the ephemeral range: taken when free, else the
+# next free one (another demo, a gateway already running).
+DEMO_PORT, DEMO_CONTROL_PORT, WEB_PORT = 7777, 7778, 7781
+PORT_SEARCH = 200  # ports tried above a default
 RECEIPTS_PER_SHIFT = 12
 DROPPED_RECEIPT = 5  # the receipt whose answer the third device never reads
 PAYMENTS: tuple[PaymentKind, ...] = ("cash", "card", "mobile")
@@ -54,6 +62,10 @@ class DemoDevice:
     acknowledged: dict[str, str] = field(default_factory=dict)  # fiscal sign -> document
     qr_urls: list[str] = field(default_factory=list)  # as printed on the receipts
     notes: list[str] = field(default_factory=list)
+
+
+def _status(status: int) -> str:
+    return pb.DeviceStatus.Name(status).removeprefix("DEVICE_STATUS_").lower()
 
 
 def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoDevice]:
@@ -93,7 +105,7 @@ def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoD
         shown = control.call("ShowDevice", pb.DeviceRef(system_id=device.system_id))
         print(
             f"added {name}: system id {device.system_id},"
-            f" {pb.DeviceStatus.Name(shown.device.status)}, its application to the KGD"
+            f" {_status(shown.device.status)}, its application to the KGD"
             f" {shown.kgd_application_status}"
         )
         token = control.call("IssueToken", pb.DeviceRef(system_id=device.system_id)).token
@@ -101,7 +113,7 @@ def register(control: ControlClient, specs: list[tuple[str, int]]) -> list[DemoD
     for device in devices:  # the KGD decides; `ofd forward` carries the decision out
         shown = await_registered(control, device.system_id)
         print(
-            f"{device.name}: {pb.DeviceStatus.Name(shown.device.status)}: the KGD"
+            f"{device.name}: {_status(shown.device.status)}: the KGD"
             f" {shown.kgd_application_status} its {shown.kgd_application_kind} application"
         )
     return devices
@@ -265,12 +277,11 @@ def check_kgd(devices: list[DemoDevice], kgd_url: str) -> bool:
     return ok
 
 
-WEB_PORT = 7781  # `ofd web`'s default, which the QR codes the gateway printed name
 DEMO_LOGIN, DEMO_PASSWORD = "demo", "demo-password"
 DEMO_ORGANIZATION = 1  # the one organization register() made in the fresh database
 
 
-def start_cabinet() -> subprocess.Popen[bytes]:
+def start_cabinet(web_port: int) -> subprocess.Popen[bytes]:
     """A main user for the demo organization, then `ofd web` on its default port."""
     cli = [sys.executable, "-m", "ingest.cli"]
     subprocess.run(
@@ -283,13 +294,13 @@ def start_cabinet() -> subprocess.Popen[bytes]:
     )  # fmt: skip
     log = open(DATA_DIR / "web.log", "ab")  # noqa: SIM115  (the child holds it)
     return subprocess.Popen(
-        [*cli, "web", "--data-dir", str(DATA_DIR), "--web-port", str(WEB_PORT)],
+        [*cli, "web", "--data-dir", str(DATA_DIR), "--web-port", str(web_port)],
         stdout=log,
         stderr=log,
     )
 
 
-def check_cabinet(devices: list[DemoDevice], web: subprocess.Popen[bytes]) -> bool:
+def check_cabinet(devices: list[DemoDevice], web: subprocess.Popen[bytes], web_port: int) -> bool:
     """A customer scans the first receipt's QR code: the cabinet's check page finds it."""
     url = devices[0].qr_urls[0]
     deadline = time.monotonic() + WAREHOUSE_TIMEOUT
@@ -304,25 +315,92 @@ def check_cabinet(devices: list[DemoDevice], web: subprocess.Popen[bytes]) -> bo
     ok = "Чек получен ОФД" in body
     print(f"\ncabinet check: a customer scans {url}\n  the check page finds it: {ok}")
     print(
-        f"the cabinet: `ofd web --data-dir {DATA_DIR}` on http://127.0.0.1:{WEB_PORT},"
+        f"the cabinet: `ofd web --data-dir {DATA_DIR}` on http://127.0.0.1:{web_port},"
         f" login {DEMO_LOGIN} / {DEMO_PASSWORD} (with `ofd load --data-dir {DATA_DIR}` running)"
     )
     return ok
 
 
-def main() -> int:
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, default, what in (
+        ("--port", DEMO_PORT, "the gateway's device TCP port"),
+        ("--control-port", DEMO_CONTROL_PORT, "the gateway's control API port"),
+        ("--web-port", WEB_PORT, "the cabinet's port (ofd web), named in the QR codes"),
+    ):
+        parser.add_argument(
+            flag, type=int, default=0, help=f"{what} (default: {default}, or the next free one)"
+        )
+    return parser.parse_args(argv)
+
+
+def _free(preferred: int, taken: set[int]) -> int:
+    for port in free_ports(range(preferred, preferred + PORT_SEARCH)):
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise SystemExit(f"no free port from {preferred} to {preferred + PORT_SEARCH}")
+
+
+def _terminated(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: the cleanup of Ctrl-C, every process stopped
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """Stops a child of this process group (the loader, the cabinet), killed when it hangs."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(WAREHOUSE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    taken: set[int] = set()
+    port = args.port or _free(DEMO_PORT, taken)
+    control_port = args.control_port or _free(DEMO_CONTROL_PORT, taken)
+    web_port = args.web_port or _free(WEB_PORT, taken)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _demo(port, control_port, web_port)
+    except KeyboardInterrupt:
+        print("\ndemo interrupted: every process it started is stopped", file=sys.stderr)
+        return 130
+
+
+def _demo(port: int, control_port: int, web_port: int) -> int:
     if DATA_DIR.exists():
         shutil.rmtree(DATA_DIR)
     DATA_DIR.mkdir()
-    print(f"starting the gateway on the embedded default (data in {DATA_DIR}/) ...")
-    gateway = start_gateway(
-        DATA_DIR, port=DEMO_PORT, control_port=DEMO_CONTROL_PORT, log_path=DATA_DIR / "gateway.log"
-    )
-    loader = start_loader()
-    kgd, kgd_url = start_kgd(DATA_DIR / "kgd.log", "--decision-delay", str(KGD_DECISION_SECONDS))
-    forwarder = start_forwarder(DATA_DIR, kgd_url, "--application-poll-seconds", "0.2")
-    print(f"simulated KGD at {kgd_url}; `ofd forward` sends it applications and documents")
-    try:
+    # Every process started is stopped on the way out, whatever the way: done, failed, Ctrl-C or
+    # SIGTERM (last started, first stopped).
+    with contextlib.ExitStack() as started:
+        print(f"starting the gateway on the embedded default (data in {DATA_DIR}/) ...")
+        gateway = start_gateway(
+            DATA_DIR,
+            "--qr-base-url",
+            f"http://127.0.0.1:{web_port}/check",
+            port=port,
+            control_port=control_port,
+            log_path=DATA_DIR / "gateway.log",
+        )
+        started.callback(stop, gateway)
+        loader = start_loader()
+        started.callback(_end, loader)
+        kgd, kgd_url = start_kgd(
+            DATA_DIR / "kgd.log", "--decision-delay", str(KGD_DECISION_SECONDS)
+        )
+        started.callback(stop, kgd)
+        forwarder = start_forwarder(DATA_DIR, kgd_url, "--application-poll-seconds", "0.2")
+        started.callback(stop, forwarder)
+        print(f"simulated KGD at {kgd_url}; `ofd forward` sends it applications and documents")
         print(f"gateway ready: TCP {gateway.host}:{gateway.port}, control API {gateway.control}")
         control = ControlClient(gateway.control, gateway.control_key)
         devices = register(
@@ -343,27 +421,12 @@ def main() -> int:
             print(f"  ... {len(d.acknowledged)} acknowledged in all")
             for note in d.notes:
                 print(f"  {note}")
-    except BaseException:
-        stop(forwarder)
-        stop(kgd)
-        raise
-    finally:
-        code = stop(gateway)
-        print(f"\ngateway stopped (exit code {code})")
-    try:
+        print(f"\ngateway stopped (exit code {stop(gateway)})")
         ok = check_journal(devices) and check_warehouse(devices, loader)
         ok = check_kgd(devices, kgd_url) and ok
-        web = start_cabinet()
-        try:
-            ok = check_cabinet(devices, web) and ok
-        finally:
-            web.terminate()
-            web.wait(WAREHOUSE_TIMEOUT)
-    finally:
-        loader.terminate()
-        loader.wait(WAREHOUSE_TIMEOUT)
-        stop(forwarder)
-        stop(kgd)
+        web = start_cabinet(web_port)
+        started.callback(_end, web)
+        ok = check_cabinet(devices, web, web_port) and ok
     print("\ndemo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 
