@@ -13,6 +13,7 @@ they run under the engine's restrictions and the --query-* limits (ledger/wareho
 """
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -102,13 +103,32 @@ def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> int:
             key=args.analyst_key or None,
         )
     except (QueryRefused, ServiceError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{_lifted_by(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as err:  # ClickHouse's own (bad SQL, unknown table): the analyst's to fix
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(render(rows, args.format))
     return 0
+
+
+# A report refused for its size names the option that lifts the limit (the cabinet shows the same
+# refusal without it: its users have no options).
+LIMIT_OPTIONS = (
+    (re.compile(r"period of \d+ days exceeds \d+"), "--one-device-days (one device) or"
+     " --many-devices-days (several)"),
+    (re.compile(r"\d+ devices exceed \d+"), "--many-devices"),
+)  # fmt: skip
+
+
+def _lifted_by(message: str) -> str:
+    for pattern, options in LIMIT_OPTIONS:
+        if pattern.search(message):
+            return (
+                f": ask for less, or lift the limit with {options} (on `ofd load` when it"
+                " answers the queries)"
+            )
+    return ""
 
 
 def _run_query(args: argparse.Namespace) -> int:

@@ -85,3 +85,14 @@ def test_progress_on_a_terminal_and_in_a_log() -> None:
         ("export progress", 8),
         ("export done", 9),
     ]
+
+
+def test_a_report_too_long_names_the_option_that_lifts_the_limit(tmp_path: Path) -> None:
+    done = ofd("report", "summary", "--data-dir", str(tmp_path), "--device", "1", "--device",
+               "2", "--from", "2026-11-01", "--to", "2026-11-30")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: period of 30 days exceeds 7: ask for less, or lift the limit with"
+        " --one-device-days (one device) or --many-devices-days (several) (on `ofd load` when it"
+        " answers the queries)\n"
+    )
