@@ -17,12 +17,13 @@ import re
 import signal
 import sys
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
 
-from ingest.cli_options import option
+from ingest.cli_options import CliError, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.logs import configure_logging
 from ingest.progress import Progress
@@ -131,7 +132,38 @@ def _lifted_by(message: str) -> str:
     return ""
 
 
+SCHEMA_NOTE = """\
+-- Units: money is in tiyn (Int64; 100 tiyn = 1 tenge: divide by 100 for tenge, as `ofd report`
+-- does); quantities in thousandths (1000 = one piece); times are the device's wall clock
+-- (Kazakhstan, UTC+5) stored as DateTime('UTC'); received_at and loaded_at are the gateway's and
+-- the loader's clocks in UTC. Revenue is signed by direction (a sale return is negative).
+-- Aggregation: the daily_* tables are SummingMergeTree: a day's row may still be several rows
+-- until ClickHouse merges them, so always read them with sum(...) GROUP BY their key
+-- (e.g. SELECT day, sum(revenue) FROM ofd.daily_device GROUP BY day). Every other table holds
+-- one row per document or line and is read as it is; documents is ReplacingMergeTree, a
+-- backstop only (the loader inserts a document once).
+"""
+
+
+def schema_text() -> str:
+    """schema.sql's tables and their comments, with the units and aggregation rules first (the
+    materialized views that fill them, and the loader's own tables, left out)."""
+    text = resources.files("ledger.warehouse").joinpath("schema.sql").read_text(encoding="utf-8")
+    kept = []
+    for statement in text.split("\n;\n"):
+        body = statement.strip()
+        if "MATERIALIZED VIEW" in body or "loader_" in body or "CREATE DATABASE" in body:
+            continue
+        kept.append(body.replace("{db}", "ofd"))
+    return SCHEMA_NOTE + "\n" + "\n\n".join(kept)
+
+
 def _run_query(args: argparse.Namespace) -> int:
+    if args.schema:
+        print(schema_text())
+        return 0
+    if not args.sql:
+        raise CliError("ofd query needs SQL, or --schema to list the tables", 2)
     code = _ask(args, {"sql": args.sql})
     if code == 0:
         _warn_unloaded(args)
@@ -329,7 +361,15 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     q = sub.add_parser("query", help="read-only SQL over the warehouse")
     _common(q)
     _analyst_key(q)
-    q.add_argument("sql", help="one SELECT (the views: ofd.receipts, ofd.documents, ...)")
+    q.add_argument(
+        "sql", nargs="?", default="", help="one SELECT (ofd query --schema lists the tables)"
+    )
+    option(
+        q,
+        "--schema",
+        action="store_true",
+        help="print the tables, their units and how to aggregate them, instead of a query",
+    )
     _format(q)
     q.set_defaults(run=_run_query)
 

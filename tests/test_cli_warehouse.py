@@ -3,6 +3,7 @@ warehouse has not loaded (an answer of 0 rows before the first load is no answer
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,13 @@ def test_a_report_too_long_names_the_option_that_lifts_the_limit(tmp_path: Path)
         " --one-device-days (one device) or --many-devices-days (several) (on `ofd load` when it"
         " answers the queries)\n"
     )
+
+
+def test_query_schema_gives_units_and_aggregation() -> None:
+    done = ofd("query", "--schema")
+    assert done.returncode == 0, done.stderr
+    assert "money is in tiyn" in done.stdout
+    assert "read them with sum(...) GROUP BY" in done.stdout
+    tables = re.findall(r"CREATE (?:TABLE|VIEW) IF NOT EXISTS ofd\.(\w+)", done.stdout)
+    assert {"documents", "receipts", "daily_device", "daily_trade_point"} <= set(tables)
+    assert "MATERIALIZED VIEW" not in done.stdout
