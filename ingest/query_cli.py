@@ -198,7 +198,11 @@ def _warn_unloaded(args: argparse.Namespace) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"devices": args.device, "device": args.device[0]}
+    params: dict[str, Any]
+    if getattr(args, "org", None) is not None:
+        params = {"organization": args.org, "points": getattr(args, "point", [])}
+    else:
+        params = {"devices": args.device, "device": args.device[0]}
     if getattr(args, "shift", None) is not None:
         params["shift"] = args.shift
     if args.start:
@@ -380,11 +384,27 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         ("receipts", "a device's receipts for a shift or a period (offline ones marked А)"),
         ("zx", "a device's X and Z reports in a period"),
         ("summary", "per device and day: receipts, offline, revenue"),
+        ("points", "per trade point and day of one organization: receipts, revenue, sales"),
+        ("organization", "per day, one organization's trade points together"),
     ):
         p = report.add_parser(name, help=text)
         _common(p)
         _analyst_key(p)
-        option(p, "--device", type=int, action="append", required=True, help="system id (repeat)")
+        if name in ("points", "organization"):
+            option(p, "--org", type=int, required=True, help="the organization's id")
+        else:
+            option(
+                p, "--device", type=int, action="append", required=True, help="system id (repeat)"
+            )
+        if name == "points":
+            option(
+                p,
+                "--point",
+                type=int,
+                action="append",
+                default=[],
+                help="only this trade point (repeat; default: all of the organization's)",
+            )
         if name == "receipts":
             option(p, "--shift", type=int, help="the shift's number")
         option(p, "--from", dest="start", help="first day, YYYY-MM-DD")

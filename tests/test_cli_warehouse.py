@@ -11,6 +11,8 @@ from pathlib import Path
 from warehouse_journal import receipt_record, write_journal
 
 from ingest.progress import Progress
+from ledger.journal import JournalEntry
+from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 RECEIPTS = 30
 
@@ -107,3 +109,33 @@ def test_query_schema_gives_units_and_aggregation() -> None:
     tables = re.findall(r"CREATE (?:TABLE|VIEW) IF NOT EXISTS ofd\.(\w+)", done.stdout)
     assert {"documents", "receipts", "daily_device", "daily_trade_point"} <= set(tables)
     assert "MATERIALIZED VIEW" not in done.stdout
+
+
+def test_reports_per_organization_and_trade_point(tmp_path: Path) -> None:
+    """Receipts of two devices at two trade points of organization 7, one at another's."""
+    entries = []
+    for number in range(1, 25):  # one day: 09:00 to 08:00 the next, 24 receipts an hour apart
+        device, point, organization = [(100001, 1, 7), (100002, 2, 7), (100003, 3, 8)][number % 3]
+        entry, _ = receipt_record(device, number)
+        record = JournalRecord.FromString(entry.payload)
+        record.organization_id, record.trade_point_id = organization, point
+        entries.append(JournalEntry(device, record.SerializeToString()))
+    write_journal(tmp_path / "journal" / "gw1", entries)
+    assert ofd("load", "--once", "--data-dir", str(tmp_path)).returncode == 0
+
+    points = ofd("report", "points", "--data-dir", str(tmp_path), "--org", "7", "--from",
+                 "2026-11-02", "--to", "2026-11-03", "--format", "json")  # fmt: skip
+    assert points.returncode == 0, points.stderr
+    rows = json.loads(points.stdout)
+    assert {int(r["trade_point_id"]) for r in rows} == {1, 2}
+    assert sum(int(r["receipts"]) for r in rows) == 16
+
+    one = ofd("report", "points", "--data-dir", str(tmp_path), "--org", "7", "--point", "2",
+              "--from", "2026-11-02", "--to", "2026-11-03", "--format", "json")  # fmt: skip
+    assert {int(r["trade_point_id"]) for r in json.loads(one.stdout)} == {2}
+
+    whole = ofd("report", "organization", "--data-dir", str(tmp_path), "--org", "7", "--from",
+                "2026-11-02", "--to", "2026-11-03", "--format", "json")  # fmt: skip
+    days = json.loads(whole.stdout)
+    assert sum(int(r["receipts"]) for r in days) == 16
+    assert {int(r["trade_points"]) for r in days} == {2}

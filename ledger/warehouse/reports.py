@@ -227,7 +227,58 @@ def summary_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimi
     )
 
 
-REPORTS = {"receipts": receipts_report, "zx": zx_report, "summary": summary_report}
+def _organization(params: dict[str, Any]) -> int:
+    try:
+        return int(params["organization"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise QueryRefused("organization: an organization id is required") from err
+
+
+def points_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimits) -> list[Row]:
+    """Per trade point and day, of one organization (all its points, or those in `points`):
+    receipts, offline ones, revenue and sales, over up to `one_device_days`. A device counts
+    where it stood when each receipt arrived (daily_trade_point)."""
+    organization = _organization(params)
+    start, end = _period(params, limits.one_device_days)
+    try:
+        points = sorted({int(p) for p in params.get("points") or []})
+    except (TypeError, ValueError) as err:
+        raise QueryRefused("points: trade point ids are numbers") from err
+    only = f" AND trade_point_id IN ({','.join(map(str, points))})" if points else ""
+    return warehouse.select(
+        "SELECT trade_point_id, day, sum(receipts) AS receipts,"
+        " sum(offline_receipts) AS offline_receipts,"
+        " toDecimal64(sum(revenue) / 100, 2) AS revenue, toDecimal64(sum(sales) / 100, 2) AS sales"
+        f" FROM {warehouse.database}.daily_trade_point"
+        f" WHERE organization_id = {organization}{only} AND day BETWEEN '{start}' AND '{end}'"
+        " GROUP BY trade_point_id, day ORDER BY trade_point_id, day"
+    )
+
+
+def organization_report(
+    warehouse: Reader, params: dict[str, Any], limits: ReportLimits
+) -> list[Row]:
+    """Per day, one organization's receipts, offline ones, revenue and sales, all its trade
+    points together, over up to `one_device_days`."""
+    organization = _organization(params)
+    start, end = _period(params, limits.one_device_days)
+    return warehouse.select(
+        "SELECT day, uniqExact(trade_point_id) AS trade_points, sum(receipts) AS receipts,"
+        " sum(offline_receipts) AS offline_receipts,"
+        " toDecimal64(sum(revenue) / 100, 2) AS revenue, toDecimal64(sum(sales) / 100, 2) AS sales"
+        f" FROM {warehouse.database}.daily_trade_point"
+        f" WHERE organization_id = {organization} AND day BETWEEN '{start}' AND '{end}'"
+        " GROUP BY day ORDER BY day"
+    )
+
+
+REPORTS = {
+    "receipts": receipts_report,
+    "zx": zx_report,
+    "summary": summary_report,
+    "points": points_report,
+    "organization": organization_report,
+}
 
 
 def run_report(
