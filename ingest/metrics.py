@@ -1,4 +1,5 @@
-"""Prometheus metrics of one gateway process, served over HTTP on /metrics.
+"""Prometheus metrics of one gateway process, served over HTTP on /metrics (ingest/metrics_http,
+beside /healthz for balancers).
 
 A request costs the hot path one dict increment and one histogram bucket increment: its labels
 (protocol version, command, result code) are read from the first bytes of the answer frame, not
@@ -81,7 +82,8 @@ from ingest.logs import LogCap
 from ingest.pipeline import ShiftStats
 from ingest.tcp_server import ServerStats
 from ledger.group_commit import CommitStats, GroupCommitter
-from ledger.journal import Journal, JournalEntry
+from ledger.journal import Journal
+from ledger.journal.counting import CountingJournal
 from ledger.journal.local import LocalJournal
 from ledger.journal.spool import SpoolingJournal, SpoolStats
 from ledger.offline import offline_backlog
@@ -242,21 +244,6 @@ def _command_name(command: int) -> str:
         return Command(command).name
     except ValueError:
         return "unknown" if command == UNREADABLE else str(command)
-
-
-class CountingJournal:
-    """A Journal that counts what the journal behind it acknowledged."""
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-        self.appended = 0
-
-    async def append(self, entries: Sequence[JournalEntry]) -> None:
-        await self._journal.append(entries)
-        self.appended += len(entries)
-
-    async def close(self) -> None:
-        await self._journal.close()
 
 
 class GatewayMetrics:
