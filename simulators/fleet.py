@@ -47,6 +47,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TextIO, get_args
 
+import grpc
+
 from ledger.schemas import SCHEMAS
 from ledger.wire import KZ_TIME
 from simulators.fleet_device import OfflineKkm, SimClock, Tally
@@ -606,6 +608,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--gateway", type=_address, help="HOST:PORT of a running gateway")
     parser.add_argument("--control", type=_address, help="its control API, HOST:PORT")
+    parser.add_argument(
+        "--key", default="", help="its control API key (default: OFD_CONTROL_KEY, --key-file)"
+    )
+    parser.add_argument(
+        "--key-file", type=Path, help="a file holding it: the gateway's DATA_DIR/operator.key"
+    )
     parser.add_argument("--journal-dir", type=Path, help="its data_dir/journal, to check")
     parser.add_argument("--keep-data", action="store_true", help="keep the own gateway's data")
     args = parser.parse_args(argv)
@@ -668,6 +676,13 @@ def memory_lines(own_gateway: bool) -> list[str]:
     return lines
 
 
+def read_key(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError as err:
+        raise SystemExit(f"error: cannot read --key-file {path}: {err.strerror}") from err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config: FleetConfig = args.config
@@ -677,7 +692,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         run, journal = _own_gateway(config, args.keep_data)
     else:
         (host, port), (chost, cport) = args.gateway, args.control
-        run = _run_loop(config, Endpoints(host, port, f"{chost}:{cport}"))
+        key = args.key or (read_key(args.key_file) if args.key_file else None)
+        try:
+            run = _run_loop(config, Endpoints(host, port, f"{chost}:{cport}", key))
+        except grpc.RpcError as err:  # the registration's control calls
+            print(
+                f"error: the control API at {chost}:{cport} refused:"
+                f" {err.code().name.lower()} ({err.details()}); a running gateway wants an"
+                " operator key: pass --key, set OFD_CONTROL_KEY or --key-file"
+                " DATA_DIR/operator.key",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         journal = None
         if args.journal_dir is not None:
             journal = check_journal(run.devices, read_journal(args.journal_dir))

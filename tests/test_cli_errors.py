@@ -6,6 +6,8 @@ another one is what is tested), the control API mistakes go to an in-process gat
 authentication on (the `secured` and `ofd` fixtures of tests/test_control_lifecycle.py).
 """
 
+import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from test_control_lifecycle import Ofd, add_org, ofd, secured  # noqa: F401  (fixtures)
 
+from ingest.app import RunningGateway
 from ingest.cli import main
 from ledger.warehouse.service import service_address
 from simulators.stage.processes import ServerProcess, spawn, start_gateway, stop
@@ -219,3 +222,22 @@ def test_debug_shows_the_traceback(tmp_path: Path, database_url: str, held_port:
     assert done.returncode == 1
     assert "Traceback" in done.stderr
     assert "OSError" in done.stderr
+
+
+async def test_the_fleet_against_a_gateway_without_a_key(
+    secured: RunningGateway,  # noqa: F811
+) -> None:
+    control = f"127.0.0.1:{secured.control_port}"
+    fleet = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators.fleet", "--devices", "1", "--seconds", "0.1", "--quiet",
+        "--gateway", f"127.0.0.1:{secured.tcp.port}", "--control", control,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "OFD_CONTROL_KEY"},
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(fleet.communicate(), SERVE_TIMEOUT)
+    assert fleet.returncode == 1
+    assert the_line(err.decode()) == (
+        f"error: the control API at {control} refused: unauthenticated (no `authorization:"
+        " Bearer <key>` metadata); a running gateway wants an operator key: pass --key, set"
+        " OFD_CONTROL_KEY or --key-file DATA_DIR/operator.key"
+    )
