@@ -484,6 +484,14 @@ def add_keys(sub: Any) -> None:
         default=[],
         help="organization key: only these trade points (repeat; default: all of them)",
     )
+    command(
+        key,
+        "list",
+        "every key, live and revoked (never the keys themselves)",
+        "ListApiKeys",
+        lambda _: pb.Empty(),
+        listing=True,
+    )
     p = command(key, "revoke", "revoke a key", "RevokeApiKey", lambda a: pb.ApiKeyRef(id=a.id))
     positional(p, "id", type=int, help="the key's id (printed by ofd key add)")
     command(sub, "whoami", "the caller the key stands for", "WhoAmI", lambda _: pb.Empty())

@@ -38,6 +38,10 @@ DEVICE_COLUMNS = (
     "system_id", "status", "blocked", "subscription_active", "trade_point_id",
     "kgd_registration_number", "serial_number", "model", "year",
 )  # fmt: skip
+KEY_COLUMNS = (
+    "id", "name", "role", "organization_id", "trade_point_ids", "system_ids", "modules",
+    "created_at", "revoked_at",
+)  # fmt: skip
 LISTINGS = {
     "organizations": Listing(("id", "iin", "title", "address", "oked"), "no organizations"),
     "trade_points": Listing(
@@ -45,6 +49,7 @@ LISTINGS = {
     ),
     "devices": Listing(DEVICE_COLUMNS, "no devices"),
     "entries": Listing(("at", "actor", "action", "system_id", "detail"), "no audit entries"),
+    "keys": Listing(KEY_COLUMNS, "no keys"),
 }
 
 
@@ -110,7 +115,7 @@ def _for_table(row: dict[str, Any]) -> dict[str, Any]:
     for name in ("latitude", "longitude"):
         if isinstance(shown.get(name), int):
             shown[name] = f"{shown[name] / MICRO:.6f}" if shown[name] else None
-    for name in ("at", "last_contact"):
+    for name in ("at", "last_contact", "created_at", "revoked_at"):
         if isinstance(shown.get(name), str):
             shown[name] = _FRACTION.sub("", shown[name])
     return shown

@@ -67,6 +67,8 @@ def _cell(value: Any, limit: int | None = MAX_CELL) -> str:
         text = "-"
     elif isinstance(value, bool):
         text = "yes" if value else "no"
+    elif isinstance(value, list) and all(isinstance(v, str | int) for v in value):
+        text = ",".join(map(str, value))  # ids, names: 1,2 (and nothing for none)
     elif isinstance(value, list | dict):
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     else:

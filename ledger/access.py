@@ -19,6 +19,7 @@ import hashlib
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -173,6 +174,47 @@ async def create_key(
     except (asyncpg.ForeignKeyViolationError, asyncpg.CheckViolationError) as err:
         raise translate(err) from err
     return key_id, key
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as it is listed: what it may reach, never the key (only its hash is kept)."""
+
+    id: int
+    name: str
+    role: str
+    organization_id: int | None
+    modules: tuple[str, ...]
+    system_ids: tuple[int, ...]
+    trade_point_ids: tuple[int, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_keys(conn: Conn) -> list[KeyInfo]:
+    """Every key, live and revoked, in id order."""
+    rows = await conn.fetch(
+        "SELECT k.id, k.name, k.role, k.organization_id, k.modules,"
+        " coalesce((SELECT array_agg(system_id ORDER BY system_id) FROM api_key_devices"
+        "  WHERE key_id = k.id), '{}') AS system_ids,"
+        " coalesce((SELECT array_agg(trade_point_id ORDER BY trade_point_id) FROM api_key_points"
+        "  WHERE key_id = k.id), '{}') AS trade_point_ids,"
+        " k.created_at, k.revoked_at FROM api_keys k ORDER BY k.id"
+    )
+    return [
+        KeyInfo(
+            r["id"],
+            r["name"],
+            r["role"],
+            r["organization_id"],
+            tuple(r["modules"]),
+            tuple(r["system_ids"]),
+            tuple(r["trade_point_ids"]),
+            r["created_at"],
+            r["revoked_at"],
+        )
+        for r in rows
+    ]
 
 
 async def revoke_key(conn: Conn, key_id: int) -> None:

@@ -22,7 +22,7 @@ def masked(text: str, *, keep_width: bool = True) -> str:
 async def table(ofd: Ofd, *argv: str) -> str:  # noqa: F811
     code, out, err = await ofd.text(*argv)
     assert code == 0, err
-    return masked(out)
+    return "".join(line.rstrip() + "\n" for line in masked(out).splitlines())
 
 
 async def as_json(ofd: Ofd, *argv: str) -> Any:  # noqa: F811
@@ -140,3 +140,41 @@ async def test_device_list_show_and_audit(ofd: Ofd) -> None:  # noqa: F811
     )  # it never sent anything
     assert shown["device"]["status"] == "registered"
     assert isinstance(shown["token"], int)
+
+
+async def test_key_list(ofd: Ofd) -> None:  # noqa: F811
+    await registry(ofd)
+    await ofd.ok("key", "add", "--name", "manager-1", "--role", "organization", "--org", "1",
+                 "--point", "1")  # fmt: skip
+    await ofd.ok("key", "add", "--name", "sc1", "--role", "service_centre", "--device", "100001",
+                 "--module", "show", "--module", "block")  # fmt: skip
+    await ofd.ok("key", "revoke", "2")
+    assert await table(ofd, "key", "list") == (
+        "id  name       role            organization_id  trade_point_ids  system_ids  modules"
+        "     created_at            revoked_at\n"
+        "--  ---------  --------------  ---------------  ---------------  ----------  ----------"
+        "  --------------------  --------------------\n"
+        "1   bootstrap  operator        0                                                       "
+        "  <time>                -\n"
+        "2   manager-1  organization    1                1                                      "
+        "  <time>                <time>\n"
+        "3   sc1        service_centre  0                                 100001      block,show"
+        "  <time>                -\n"
+    )
+    keys = (await as_json(ofd, "key", "list"))["keys"]
+    assert keys[1] == {
+        "id": 2,
+        "name": "manager-1",
+        "role": "organization",
+        "organization_id": 1,
+        "system_ids": [],
+        "modules": [],
+        "trade_point_ids": [1],
+        "created_at": "<time>",
+        "revoked_at": "<time>",
+    }
+    assert keys[2]["revoked_at"] is None
+    assert keys[2]["modules"] == ["block", "show"]
+    code, out, _ = await ofd.text("key", "list", "--json")
+    assert code == 0
+    assert "ofd_" not in out  # the keys themselves are nowhere

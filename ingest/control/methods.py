@@ -33,5 +33,6 @@ METHODS: dict[str, tuple[Any, Any, str]] = {
     "ListAudit": (pb.AuditQuery, pb.AuditLog, "audit"),
     "CreateApiKey": (pb.ApiKeySpec, pb.ApiKeyCreated, "admin"),
     "RevokeApiKey": (pb.ApiKeyRef, pb.ApiKeyRef, "admin"),
+    "ListApiKeys": (pb.Empty, pb.ApiKeyList, "admin"),
     "WhoAmI": (pb.Empty, pb.Caller, ""),
 }

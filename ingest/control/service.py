@@ -8,6 +8,7 @@ transaction that makes it; lifecycle, token and block changes also go out as not
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -41,6 +42,7 @@ from ledger.access import (
     Caller,
     authenticate,
     create_key,
+    list_keys,
     revoke_key,
 )
 from ledger.errors import (
@@ -513,6 +515,28 @@ class ControlService:
             await registry.audit(conn, caller.name, "RevokeApiKey", None, id=req.id)
         return pb.ApiKeyRef(id=req.id)
 
+    async def ListApiKeys(self, req: pb.Empty, caller: Caller) -> pb.ApiKeyList:  # noqa: N802
+        del req
+        self._module(caller, "admin")
+        async with self._pool.acquire() as conn:
+            keys = await list_keys(conn)
+        return pb.ApiKeyList(
+            keys=[
+                pb.ApiKeyInfo(
+                    id=k.id,
+                    name=k.name,
+                    role=ROLE_TO_PB[k.role],
+                    organization_id=k.organization_id or 0,
+                    system_ids=k.system_ids,
+                    modules=k.modules,
+                    trade_point_ids=k.trade_point_ids,
+                    created_at_us=_micros(k.created_at),
+                    revoked_at_us=_micros(k.revoked_at) if k.revoked_at else 0,
+                )
+                for k in keys
+            ]
+        )
+
     async def WhoAmI(self, req: pb.Empty, caller: Caller) -> pb.Caller:  # noqa: N802
         del req
         return pb.Caller(
@@ -578,3 +602,11 @@ class ControlService:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"state store: {err!r}")
 
         return call
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    """A moment as microseconds since the epoch, exactly (no float on the way)."""
+    return (moment - EPOCH) // timedelta(microseconds=1)

@@ -281,6 +281,34 @@ class ApiKeyRef(_message.Message):
     id: int
     def __init__(self, id: _Optional[int] = ...) -> None: ...
 
+class ApiKeyInfo(_message.Message):
+    __slots__ = ("id", "name", "role", "organization_id", "system_ids", "modules", "trade_point_ids", "created_at_us", "revoked_at_us")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODULES_FIELD_NUMBER: _ClassVar[int]
+    TRADE_POINT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_US_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_US_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    role: Role
+    organization_id: int
+    system_ids: _containers.RepeatedScalarFieldContainer[int]
+    modules: _containers.RepeatedScalarFieldContainer[str]
+    trade_point_ids: _containers.RepeatedScalarFieldContainer[int]
+    created_at_us: int
+    revoked_at_us: int
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[int] = ..., system_ids: _Optional[_Iterable[int]] = ..., modules: _Optional[_Iterable[str]] = ..., trade_point_ids: _Optional[_Iterable[int]] = ..., created_at_us: _Optional[int] = ..., revoked_at_us: _Optional[int] = ...) -> None: ...
+
+class ApiKeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ApiKeyInfo]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKeyInfo, _Mapping]]] = ...) -> None: ...
+
 class Caller(_message.Message):
     __slots__ = ("name", "role", "organization_id", "trade_point_ids")
     NAME_FIELD_NUMBER: _ClassVar[int]
