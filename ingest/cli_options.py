@@ -112,13 +112,18 @@ def positional(parser: argparse.ArgumentParser, name: str, *, help: str, **kwarg
     parser.add_argument(name, help=help, **kwargs)
 
 
+def _nothing(value: Any) -> bool:
+    """A default not worth showing: none, off, empty (0 is shown: it often means something)."""
+    return value is None or value is False or value in ("", [], argparse.SUPPRESS)
+
+
 def described(action: argparse.Action) -> str:
     """`(default X; env Y)` for an option: what the help appends to its text."""
     parts = []
     shown = getattr(action, "shown_default", action.default)
     if action.required:
         parts.append("required")
-    elif shown not in (None, False, "", [], argparse.SUPPRESS) and not isinstance(shown, FromEnv):
+    elif not _nothing(shown):
         parts.append(f"default {shown}")
     env = getattr(action, "env", None)
     if env:
@@ -197,7 +202,7 @@ def _add_globals(group: argparse._ArgumentGroup, copy: bool) -> None:
             None,
             default_key_file(),
             "read the control API key from this file when neither --key nor OFD_CONTROL_KEY is"
-            " set (default: $OFD_DATA_DIR/operator.key, which `ofd serve` writes)",
+            " set (`ofd serve` writes DATA_DIR/operator.key; the default follows OFD_DATA_DIR)",
             {"metavar": "PATH"},
         ),
         (("--json",), None, False, "print JSON instead of a table", {"action": "store_true"}),
