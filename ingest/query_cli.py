@@ -139,7 +139,7 @@ SCHEMA_NOTE = """\
 -- the loader's clocks in UTC. Revenue is signed by direction (a sale return is negative).
 -- Aggregation: the daily_* tables are SummingMergeTree: a day's row may still be several rows
 -- until ClickHouse merges them, so always read them with sum(...) GROUP BY their key
--- (e.g. SELECT day, sum(revenue) FROM ofd.daily_device GROUP BY day). Every other table holds
+-- (e.g. the revenue of a day: sum(revenue) of ofd.daily_device by day). Every other table holds
 -- one row per document or line and is read as it is; documents is ReplacingMergeTree, a
 -- backstop only (the loader inserts a document once).
 """
@@ -366,7 +366,7 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     _common(q)
     _analyst_key(q)
     q.add_argument(
-        "sql", nargs="?", default="", help="one SELECT (ofd query --schema lists the tables)"
+        "sql", nargs="?", default="", help="one read-only statement (--schema lists the tables)"
     )
     option(
         q,
