@@ -32,6 +32,8 @@ from ingest.tables import FORMATS, render
 from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.warehouse.backends import QueryLimits
+from ledger.warehouse.export import FORMATS as EXPORT_FORMATS
+from ledger.warehouse.export import ExportFailed, export_to
 from ledger.warehouse.kafka_source import DEFAULT_GROUP
 from ledger.warehouse.loader import (
     DEFAULT_BATCH_RECORDS,
@@ -40,7 +42,15 @@ from ledger.warehouse.loader import (
     not_loaded,
 )
 from ledger.warehouse.reports import QueryRefused, ReportLimits
-from ledger.warehouse.service import ServiceError, ServiceSettings, query, run_service
+from ledger.warehouse.service import (
+    ServiceError,
+    ServiceSettings,
+    query,
+    read_analyst_key,
+    run_service,
+    service_address,
+    warehouse_dir,
+)
 
 EXIT_FAILED = 1
 UNLOADED_CAP = 100_000  # records counted past the warehouse's position at most
@@ -195,6 +205,39 @@ def _warn_unloaded(args: argparse.Namespace) -> None:
             f" yet: run `ofd load --once --data-dir {data_dir}`, or keep `ofd load` running",
             file=sys.stderr,
         )
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """`ofd export`: the answer written out whole, streamed; progress on stderr."""
+    data_dir = Path(args.data_dir)
+    target = Path(args.output)
+    progress = Progress("export", "bytes")
+    service = None if args.clickhouse_url else service_address(data_dir)
+    part = target.with_name(target.name + ".part")  # renamed once whole: no short file left
+    try:
+        with part.open("wb") as out:
+            written = export_to(
+                out,
+                chdb_dir=warehouse_dir(data_dir),
+                sql=args.sql,
+                fmt=args.format,
+                service=service,
+                key=args.analyst_key or (read_analyst_key(data_dir) if service else None),
+                clickhouse_url=args.clickhouse_url or None,
+                query_limits=_query_limits(args),
+                progress=progress,
+            )
+        part.replace(target)
+    except (QueryRefused, ServiceError, ExportFailed) as err:
+        raise CliError(f"{err}{_lifted_by(str(err))}") from err
+    except Exception as err:  # ClickHouse's own (bad SQL, unknown table): the analyst's to fix
+        raise CliError(str(err).strip().splitlines()[0]) from err
+    finally:
+        part.unlink(missing_ok=True)
+    progress.finish()
+    print(f"exported {written:,} bytes of CSV to {target}", file=sys.stderr)
+    _warn_unloaded(args)
+    return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -376,6 +419,18 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     )
     _format(q)
     q.set_defaults(run=_run_query)
+
+    export = sub.add_parser(
+        "export", help="a query's whole answer to a CSV file, streamed (no row cap)"
+    )
+    _common(export)
+    _analyst_key(export)
+    export.add_argument("sql", help="one read-only statement (ofd query --schema: the tables)")
+    option(export, "--output", "-o", required=True, help="the file to write")
+    option(
+        export, "--format", choices=sorted(EXPORT_FORMATS), default="csv", help="the file's format"
+    )
+    export.set_defaults(run=_run_export)
 
     report = sub.add_parser("report", help="named reports").add_subparsers(
         dest="report", required=True

@@ -6,12 +6,14 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from warehouse_journal import receipt_record, write_journal
 
 from ingest.progress import Progress
 from ledger.journal import JournalEntry
+from ledger.warehouse.service import service_address
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 
 RECEIPTS = 30
@@ -139,3 +141,48 @@ def test_reports_per_organization_and_trade_point(tmp_path: Path) -> None:
     days = json.loads(whole.stdout)
     assert sum(int(r["receipts"]) for r in days) == 16
     assert {int(r["trade_points"]) for r in days} == {2}
+
+
+def test_export_streams_past_the_row_cap(tmp_path: Path) -> None:
+    """Through a running `ofd load` whose queries may answer 10 rows: a query of 200,000 rows is
+    refused, its export is written whole (several blocks: one header); a write is refused."""
+    big = "SELECT number AS n, toString(number) AS s FROM numbers(200000)"
+    direct = tmp_path / "direct.csv"
+    done = ofd("export", "--data-dir", str(tmp_path), big, "-o", str(direct))
+    assert done.returncode == 0, done.stderr
+    lines = direct.read_text().splitlines()
+    assert lines[0] == '"n","s"'
+    assert len(lines) == 200_001
+    assert lines[-1] == '199999,"199999"'
+
+    loader = subprocess.Popen(
+        [sys.executable, "-m", "ingest.cli", "load", "--data-dir", str(tmp_path),
+         "--query-max-rows", "10"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while service_address(tmp_path) is None:
+            assert loader.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        capped = ofd("query", "--data-dir", str(tmp_path), big)
+        assert capped.returncode == 1
+        served = tmp_path / "served.csv"
+        done = ofd("export", "--data-dir", str(tmp_path), big, "-o", str(served))
+        assert done.returncode == 0, done.stderr
+        assert served.read_bytes() == direct.read_bytes()
+        assert (
+            done.stderr.splitlines()[-1]
+            == f"exported {direct.stat().st_size:,} bytes of CSV to {served}"
+        )
+        refused = ofd("export", "--data-dir", str(tmp_path), "DROP TABLE ofd.receipts", "-o",
+                      str(tmp_path / "no.csv"))  # fmt: skip
+        assert refused.returncode == 1
+        assert list(tmp_path.glob("no.csv*")) == []  # nothing half-written left behind
+        assert refused.stderr == (
+            "error: only reading queries (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN); got DropQuery\n"
+        )
+    finally:
+        loader.terminate()
+        loader.wait(60)

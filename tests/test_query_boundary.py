@@ -397,6 +397,10 @@ class _StuckAnalyst:
         self.release.wait(30)
         return [{"statement": "SELECT 1", "explain": "SelectWithUnionQuery", "name": "x"}]
 
+    def stream(self, sql: str, fmt: str) -> Iterator[bytes]:
+        self.release.wait(30)
+        yield b""
+
     def close(self) -> None:
         pass
 

@@ -10,6 +10,7 @@ session of its own whose restrictions the engine enforces (QueryLimits.settings)
 can neither write, nor lift its limits, nor hold the loader's lock.
 """
 
+import contextlib
 import fcntl
 import importlib
 import json
@@ -18,7 +19,7 @@ import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,7 @@ STATEMENT_SEPARATOR = "\n;\n"
 Row = dict[str, Any]
 GIB = 1 << 30
 MIB = 1 << 20
+STREAM_CHUNK = 1 << 20  # bytes read at a time from a server's streamed answer
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
 
 
@@ -160,6 +162,10 @@ class Analyst(Protocol):
         self, sql: str, params: Mapping[str, str] | None = None, *, answer_limits: bool = True
     ) -> list[Row]:
         """Runs one statement under `limits`; `params` fill `{name:String}` placeholders."""
+
+    def stream(self, sql: str, fmt: str) -> Iterator[bytes]:
+        """One statement's answer in ClickHouse format `fmt`, chunk by chunk, under `limits`
+        but for the answer's size (an export has no row cap; time and memory still count)."""
 
     def close(self) -> None: ...
 
@@ -292,6 +298,16 @@ class ChdbAnalyst:
             session.close()
         return [json.loads(line) for line in data.splitlines() if line]
 
+    def stream(self, sql: str, fmt: str) -> Iterator[bytes]:
+        session = self._session_module.Session(self._connection(answer_limits=False))
+        try:
+            for chunk in session.send_query(sql, fmt):
+                data: bytes = chunk.bytes()
+                if data:
+                    yield data
+        finally:
+            session.close()
+
     def close(self) -> None:
         pass  # nothing held between queries
 
@@ -366,6 +382,14 @@ class ServerAnalyst:
         )
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def stream(self, sql: str, fmt: str) -> Iterator[bytes]:
+        raw = self._client.raw_stream(
+            sql, fmt=fmt, settings=self.limits.settings(answer_limits=False)
+        )
+        with contextlib.closing(raw):
+            while data := raw.read(STREAM_CHUNK):
+                yield data
 
     def close(self) -> None:
         self._client.close()

@@ -14,6 +14,8 @@ at most `QueryLimits.concurrency` at once, beside the loader, never holding its 
 
 POST /query  {"sql": "..."}                         -> {"rows": [...]}
 POST /report {"name": "receipts", "params": {...}}  -> {"rows": [...]}
+POST /export {"sql": "...", "format": "csv"}        -> the answer as CSV, chunked
+                                                       (ledger/warehouse/export.py)
 GET  /metrics                                       -> Prometheus text (no key: loopback only)
 Errors answer 400 (refused or failed query), 401 (no or wrong key), 503 (too many at once) with
 {"error": "..."}.
@@ -42,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC, PLAINTEXT, KafkaSecurity
 from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open_warehouse
+from ledger.warehouse.export import serve_export
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
 from ledger.warehouse.reports import ReportLimits, run_query, run_report
@@ -197,7 +200,7 @@ def _handler(
                 self._answer(404, b'{"error": "not found"}')
 
         def do_POST(self) -> None:
-            if self.path not in ("/query", "/report"):
+            if self.path not in ("/query", "/report", "/export"):
                 self._answer(404, b'{"error": "not found"}')
                 return
             if not self._authorized():
@@ -212,9 +215,12 @@ def _handler(
                 QUERIES.labels("busy").inc()
                 self._error(503, f"{analyst.limits.concurrency} queries running; try again")
                 return
+            rows: list[Row] | None = None
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
-                if self.path == "/query":
+                if self.path == "/export":  # streamed while it holds its slot (export.py)
+                    serve_export(self, analyst, request)
+                elif self.path == "/query":
                     rows = run_query(analyst, str(request.get("sql", "")))
                 else:
                     params = request.get("params") or {}
@@ -226,7 +232,8 @@ def _handler(
             finally:
                 slots.release()
             QUERIES.labels("ok").inc()
-            self._answer(200, json.dumps({"rows": rows}, default=str).encode())
+            if rows is not None:
+                self._answer(200, json.dumps({"rows": rows}, default=str).encode())
 
     return Handler
 
