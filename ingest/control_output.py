@@ -3,8 +3,9 @@
 Plain data has one type per field, whatever protobuf's JSON mapping would do: ids are numbers
 (MessageToDict makes int64 strings), enums are their short names (`registered`, not
 `DEVICE_STATUS_REGISTERED`), a device's last command is its name, times are ISO 8601 in UTC
-(`at_us` becomes `at`), the audit's JSON detail is an object, and what is not there (no token
-shown, never contacted) is null. Every field is present, at its default when unset.
+(`at_us` becomes `at`; a device's own times, its wall clock, carry +05:00), the audit's JSON
+detail is an object, and what is not there (no token shown, never contacted) is null. Every
+field is present, at its default when unset.
 """
 
 import contextlib
@@ -24,6 +25,8 @@ MICRO = 1_000_000
 TIME_SUFFIX = "_us"
 NULL_WHEN_EMPTY = ("shift_opened_at", "offline_since", "offline_until")
 _FRACTION = re.compile(r"\.\d+(?=Z$)")
+_ZONED = re.compile(r"(Z|[+-]\d\d:\d\d)$")
+KZ_OFFSET = "+05:00"  # all of Kazakhstan since 1 March 2024 (ledger.wire.KZ_TIME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +105,9 @@ def _state(data: dict[str, Any]) -> dict[str, Any]:
         data["last_request_number"] = data["last_command"] = None
     if not data["token"]:
         data["token"] = None  # not shown to this caller: ofd kkm get-token
-    for name in NULL_WHEN_EMPTY:
-        data[name] = data[name] or None
+    for name in NULL_WHEN_EMPTY:  # the device's wall clock: Kazakhstan's time, UTC+5
+        value = data[name]
+        data[name] = None if not value else value if _ZONED.search(value) else value + KZ_OFFSET
     data["protocol_version"] = data["protocol_version"] or None
     return data
 
