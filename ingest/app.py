@@ -24,6 +24,7 @@ from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.process import make_files_private, warn_if_root
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
+from ingest.tls import ServerTls
 from ledger.access import ensure_bootstrap_key
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.group_commit import GroupCommitter
@@ -58,13 +59,18 @@ class GrpcServer:
         address: str,
         handler: grpc.GenericRpcHandler,
         service: str,
+        *,
+        tls: ServerTls | None = None,
         **options: Any,
     ) -> None:
         self._server = grpc.aio.server(**options)
         self._server.add_generic_rpc_handlers([handler])
         self._services = (service,)
         self._health = grpc_ingest.add_health_and_reflection(self._server, self._services)
-        self.port = self._server.add_insecure_port(address)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, tls.credentials())
 
     async def start(self) -> None:
         await self._server.start()
@@ -116,6 +122,7 @@ def _grpc_servers(
         f"{settings.control_host}:{settings.control_port}",
         control_service.generic_handler(),
         CONTROL_SERVICE,
+        tls=settings.control_tls,
         options=reuse,
     )
     if settings.grpc_port is None:
@@ -124,6 +131,7 @@ def _grpc_servers(
         f"{settings.server.host}:{settings.grpc_port}",
         ingest.generic_handler(),
         grpc_ingest.SERVICE,
+        tls=settings.grpc_tls,
         options=grpc_ingest.SERVER_OPTIONS + reuse,
         maximum_concurrent_rpcs=grpc_ingest.MAX_CONCURRENT_RPCS,
     )

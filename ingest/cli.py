@@ -94,6 +94,7 @@ from ingest.tcp_server import (
     UNAUTHENTICATED_TIMEOUT,
     ServerSettings,
 )
+from ingest.tls import server_tls
 from ledger.errors import OfdError
 from ledger.fiscal import FiscalSettings
 from ledger.group_commit import COMMIT_WORKERS, CommitSettings
@@ -132,6 +133,13 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port or None,
         metrics_host=args.metrics_host,
         control_auth_failures=FailureBudget(args.control_auth_failures, 60.0),
+        control_tls=server_tls(
+            args.control_tls_cert,
+            args.control_tls_key,
+            args.control_tls_client_ca,
+            surface="the control API",
+        ),
+        grpc_tls=server_tls(args.grpc_tls_cert, args.grpc_tls_key, surface="the gRPC ingest"),
         grpc_port=args.grpc_port or None,
         kafka=_kafka_from(args),
         mqtt_url=args.mqtt_url or None,
@@ -204,6 +212,31 @@ def _add_serve(sub: Any) -> None:
         env="OFD_CONTROL_HOST",
         default="127.0.0.1",
         help="address of the operator control API, apart from --host",
+    )
+    for surface, flag, env, what in (
+        ("the control API", "control", "CONTROL", "operators"),
+        ("the gRPC device ingest", "grpc", "GRPC", "devices"),
+    ):
+        option(
+            serve,
+            f"--{flag}-tls-cert",
+            env=f"OFD_{env}_TLS_CERT",
+            default="",
+            help=f"PEM certificate: {surface} speaks TLS ({what} need the CA that signed it)",
+        )
+        option(
+            serve,
+            f"--{flag}-tls-key",
+            env=f"OFD_{env}_TLS_KEY",
+            default="",
+            help=f"PEM private key of --{flag}-tls-cert",
+        )
+    option(
+        serve,
+        "--control-tls-client-ca",
+        env="OFD_CONTROL_TLS_CLIENT_CA",
+        default="",
+        help="PEM CA: the control API then requires a client certificate it signed (mutual TLS)",
     )
     option(
         serve,

@@ -205,6 +205,28 @@ def _add_globals(group: argparse._ArgumentGroup, copy: bool) -> None:
             " set (`ofd serve` writes DATA_DIR/operator.key; the default follows OFD_DATA_DIR)",
             {"metavar": "PATH"},
         ),
+        (
+            ("--control-ca",),
+            "OFD_CONTROL_CA",
+            "",
+            "speak TLS to the control API, trusting this CA's PEM file (a gateway started with"
+            " --control-tls-cert)",
+            {"metavar": "PATH"},
+        ),
+        (
+            ("--control-cert",),
+            "OFD_CONTROL_CERT",
+            "",
+            "this client's certificate (PEM), for a control API that requires one",
+            {"metavar": "PATH"},
+        ),
+        (
+            ("--control-cert-key",),
+            "OFD_CONTROL_CERT_KEY",
+            "",
+            "the private key (PEM) of --control-cert",
+            {"metavar": "PATH"},
+        ),
         (("--json",), None, False, "print JSON instead of a table", {"action": "store_true"}),
         (
             ("--debug",),

@@ -19,6 +19,7 @@ import grpc
 from ingest.cli_options import CliError, option, positional
 from ingest.control.client import KEY_ENV, ControlClient
 from ingest.control_output import render_answer
+from ingest.tls import ClientTls
 from ledger.lifecycle import DeviceStatus
 from ofdproto.control.v1 import control_pb2 as pb
 
@@ -110,10 +111,20 @@ def key_and_source(args: argparse.Namespace) -> tuple[str | None, str]:
     return key, f"--key-file {args.key_file}"
 
 
+def client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """TLS toward the control API when --control-ca is given (with a client certificate when
+    --control-cert and --control-cert-key are)."""
+    if not args.control_ca:
+        if args.control_cert or args.control_cert_key:
+            raise CliError("--control-cert needs --control-ca (the CA that signed the gateway's)")
+        return None
+    return ClientTls(args.control_ca, args.control_cert or None, args.control_cert_key or None)
+
+
 def call(args: argparse.Namespace, method: str, request: Any) -> Any:
     """One control call; a refusal becomes a CliError of one line."""
     key, source = key_and_source(args)
-    client = ControlClient(args.control, key)
+    client = ControlClient(args.control, key, client_tls(args))
     try:
         return client.call(method, request)
     except grpc.RpcError as err:

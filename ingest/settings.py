@@ -13,6 +13,7 @@ from ingest.limits import DEFAULT_CONTROL_AUTH_FAILURES, FailureBudget
 from ingest.logs import REFUSAL_LOGS_PER_DEVICE
 from ingest.notifications import MqttSettings
 from ingest.tcp_server import ServerSettings
+from ingest.tls import ServerTls
 from ledger.fiscal import FiscalSettings
 from ledger.group_commit import CommitSettings
 from ledger.journal.kafka import KafkaSettings
@@ -42,6 +43,10 @@ class Settings:
     # Prometheus /metrics on metrics_host: None serves none, 0 a port the kernel picks.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # TLS (from PEM files) for the control API, mutual when a client CA is given, and for the
+    # gRPC device ingest: None speaks plaintext, for loopback or a private network only.
+    control_tls: ServerTls | None = None
+    grpc_tls: ServerTls | None = None
     # None: the local journal in data_dir; set: the Kafka topic it names (ledger/journal/kafka.py).
     kafka: KafkaSettings | None = None
     # gRPC device ingest on server.host, apart from the control API (which devices must not

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from ingest.control.methods import CALL_TIMEOUT, METHODS, SERVICE
+from ingest.tls import ClientTls
 from ledger.access import read_key_file
 
 KEY_ENV = "OFD_CONTROL_KEY"
@@ -30,8 +31,12 @@ class ControlClient:
     """A blocking client for the CLI, the demo and tests; `key` (else OFD_CONTROL_KEY) goes
     with every call."""
 
-    def __init__(self, target: str, key: str | None = None) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, key: str | None = None, tls: ClientTls | None = None) -> None:
+        self._channel = (
+            grpc.insecure_channel(target)
+            if tls is None
+            else grpc.secure_channel(target, tls.credentials())
+        )
         self._metadata = auth_metadata(find_key(key))
 
     def call(self, method: str, request: Any) -> Any:
