@@ -403,6 +403,8 @@ async def test_callers_are_held_to_their_scope(ofd: Ofd) -> None:
         ("kkm", "audit",),
         ("org", "add", "--iin", "123456789012", "--title", "x"),
         ("key", "add", "--name", "x", "--role", "operator"),
+        ("kkm", "add", "--point", str(own_point), "--kgd", "123456789012", "--serial", "S",
+         "--model", "M", "--year", "2025", "--system-id", "4000000000"),
     ):  # fmt: skip
         refused = await ofd(*argv, key=org_key)
         assert refused.code == 1, argv

@@ -257,6 +257,10 @@ class ControlService:
         return point_pb(updated)
 
     async def AddDevice(self, req: pb.Device, caller: Caller) -> pb.Device:  # noqa: N802
+        if req.system_id and caller.role != OPERATOR:
+            # The registry numbers devices: a taxpayer's key picking ids could squat the ids
+            # other organizations' registers are configured with.
+            raise _denied(caller, "choose a system id (the registry assigns one)")
         device = registry.Device(
             req.system_id,
             req.kgd_registration_number,
