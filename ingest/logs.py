@@ -28,6 +28,32 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_library_logs(threshold)
+
+
+def _route_library_logs(threshold: int) -> None:
+    """Libraries that log through `logging` (asyncpg, aiohttp, warnings) write the same JSON
+    lines: without a handler Python prints their messages, and tracebacks over many lines, as
+    plain text between ours."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(threshold)
+    logging.captureWarnings(True)
 
 
 # Refusal lines one device may cause per minute (`ofd serve --refusal-logs-per-device`); a device

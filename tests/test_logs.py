@@ -108,3 +108,25 @@ def test_every_stderr_line_is_json_grpc_included(tmp_path: Path, database_url: s
     assert lines
     for line in lines:
         assert isinstance(json.loads(line), dict), line
+
+
+def test_library_logs_and_their_tracebacks_are_json_lines_too() -> None:
+    """asyncpg, aiohttp and warnings log through `logging`: the same one JSON object a line,
+    a traceback inside it rather than over many lines."""
+    script = (
+        "import logging, warnings\n"
+        "from ingest.logs import configure_logging\n"
+        "configure_logging('info')\n"
+        "try:\n"
+        "    raise ConnectionResetError('connection lost')\n"
+        "except ConnectionResetError:\n"
+        "    logging.getLogger('asyncpg.pool').exception('pool connection failed')\n"
+        "warnings.warn('a library warns')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["logger"] for e in events] == ["asyncpg.pool", "py.warnings"]
+    assert "ConnectionResetError: connection lost" in events[0]["exception"]
