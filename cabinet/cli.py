@@ -20,7 +20,7 @@ from cabinet.app import serve_web
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
 from ingest.cli_options import option
 from ingest.limits import FailureBudget
-from ingest.logs import configure_logging
+from ingest.process import start_process
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ledger import cabinet_users
 from ledger.embedded_pg import start_embedded_postgres
@@ -46,7 +46,7 @@ def _settings(args: argparse.Namespace) -> WebSettings:
 
 
 def _run_web(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    start_process("cabinet", args.log_level)
     uvloop.run(serve_web(_settings(args)))
     return 0
 

@@ -17,11 +17,10 @@ from ingest.control.methods import SERVICE as CONTROL_SERVICE
 from ingest.control.service import ControlService
 from ingest.grpc_ingest import GrpcIngest
 from ingest.journals import open_journal
-from ingest.logs import configure_logging
 from ingest.metrics import GatewayMetrics
 from ingest.notifications import Notifier, scan_forever
 from ingest.pipeline import Pipeline, PipelineSettings
-from ingest.process import make_files_private, warn_if_root
+from ingest.process import start_process
 from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
 from ingest.tls import ServerTls
@@ -282,9 +281,7 @@ def _tune_garbage_collector() -> None:
 
 async def serve(settings: Settings) -> None:
     """`ofd serve`: runs until SIGINT or SIGTERM, printing one ready line for scripts."""
-    make_files_private()
-    configure_logging(settings.log_level)
-    warn_if_root("gateway")
+    start_process("gateway", settings.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

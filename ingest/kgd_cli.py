@@ -21,7 +21,7 @@ import uvloop
 
 from ingest.cli_options import option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
-from ingest.logs import configure_logging
+from ingest.process import start_process
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.kgd.applications import ApplicationSettings
@@ -86,7 +86,7 @@ async def _forward(settings: ForwardSettings) -> None:
 
 def _run_forward(args: argparse.Namespace) -> int:
     settings = forward_settings(args)
-    configure_logging(args.log_level)
+    start_process("forwarder", args.log_level)
     uvloop.run(_forward(settings))
     return 0
 

@@ -10,6 +10,8 @@ import os
 
 import structlog
 
+from ingest.logs import configure_logging
+
 PRIVATE_UMASK = 0o077
 
 log = structlog.get_logger(__name__)
@@ -27,3 +29,11 @@ def warn_if_root(process: str) -> None:
             process=process,
             advice="run as an unprivileged user of its own; see README, Security",
         )
+
+
+def start_process(process: str, log_level: str) -> None:
+    """What `ofd serve`, `ofd load`, `ofd forward` and `ofd web` do first: private files, JSON
+    logs, and a word when run as root."""
+    make_files_private()
+    configure_logging(log_level)
+    warn_if_root(process)

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from ingest.cli_options import CliError, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
-from ingest.logs import configure_logging
+from ingest.process import start_process
 from ingest.progress import Progress
 from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
 from ingest.tables import FORMATS, render
@@ -87,7 +87,7 @@ def _run_load(args: argparse.Namespace) -> int:
         kafka_group=args.kafka_group,
         kafka_security=kafka_security_from(args),
     )
-    configure_logging(args.log_level)
+    start_process("loader", args.log_level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
