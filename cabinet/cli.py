@@ -18,10 +18,10 @@ import uvloop
 
 from cabinet.app import serve_web
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
-from ingest.cli_options import option
+from ingest.cli_options import add_log_level, option
 from ingest.limits import FailureBudget
 from ingest.process import start_process
-from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
+from ingest.settings import DEFAULT_DATA_DIR
 from ledger import cabinet_users
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.errors import RegistryError
@@ -161,14 +161,7 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         default=15.0,
         help="a receipt this recent and not yet in the warehouse is 'not yet received'",
     )
-    option(
-        web,
-        "--log-level",
-        choices=LOG_LEVELS,
-        env="OFD_LOG_LEVEL",
-        default="info",
-        help="JSON logs on stderr",
-    )
+    add_log_level(web)
     web.set_defaults(run=_run_web)
 
     user = sub.add_parser("web-user", help="cabinet users").add_subparsers(

@@ -56,6 +56,7 @@ from ingest.cli_options import (
     CliError,
     OfdParser,
     add_global_options,
+    add_log_level,
     fail,
     option,
     spread_global_options,
@@ -82,7 +83,6 @@ from ingest.settings import (
     DEFAULT_GATEWAY_ID,
     DEFAULT_GRPC_PORT,
     DEFAULT_TCP_PORT,
-    LOG_LEVELS,
     Settings,
     load_secret,
 )
@@ -396,14 +396,7 @@ def _add_serve(sub: Any) -> None:
         default=6 * 3600.0,
         help="notify when a device is silent this long (with --mqtt-url)",
     )
-    option(
-        serve,
-        "--log-level",
-        choices=LOG_LEVELS,
-        env="OFD_LOG_LEVEL",
-        default="info",
-        help="JSON logs on stderr; debug adds a line per answered request",
-    )
+    add_log_level(serve, "; debug adds a line per answered request")
     _add_limits(serve)
     serve.set_defaults(run=_run_serve)
 

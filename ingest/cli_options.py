@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ingest.settings import DEFAULT_CONTROL_PORT, DEFAULT_DATA_DIR
+from ingest.settings import DEFAULT_CONTROL_PORT, DEFAULT_DATA_DIR, LOG_LEVELS
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -269,3 +269,15 @@ def spread_global_options(root: argparse.ArgumentParser) -> None:
 def fail(message: str) -> None:
     """One line on stderr, as every error of the CLI is."""
     print(f"error: {message}", file=sys.stderr)
+
+
+def add_log_level(parser: argparse.ArgumentParser, detail: str = "") -> None:
+    """--log-level, the same on every long-running command."""
+    option(
+        parser,
+        "--log-level",
+        choices=LOG_LEVELS,
+        env="OFD_LOG_LEVEL",
+        default="info",
+        help=f"JSON logs on stderr{detail}",
+    )

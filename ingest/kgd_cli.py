@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from ingest.cli_options import option
+from ingest.cli_options import add_log_level, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.process import start_process
-from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
+from ingest.settings import DEFAULT_DATA_DIR
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.kgd.applications import ApplicationSettings
 from ledger.kgd.forwarder import (
@@ -235,14 +235,7 @@ def add_kgd_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         default=DEFAULT_FORWARDER_METRICS_PORT,
         help="Prometheus /metrics port of the forwarder; 0 disables",
     )
-    option(
-        p,
-        "--log-level",
-        choices=LOG_LEVELS,
-        env="OFD_LOG_LEVEL",
-        default="info",
-        help="JSON logs on stderr",
-    )
+    add_log_level(p)
     p.set_defaults(run=_run_forward)
 
     kgd = sub.add_parser("kgd", help="the tax authority (KGD)").add_subparsers(

@@ -23,11 +23,11 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from ingest.cli_options import CliError, option
+from ingest.cli_options import CliError, add_log_level, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.process import start_process
 from ingest.progress import Progress
-from ingest.settings import DEFAULT_DATA_DIR, LOG_LEVELS
+from ingest.settings import DEFAULT_DATA_DIR
 from ingest.tables import FORMATS, render
 from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC
@@ -395,14 +395,7 @@ def add_warehouse_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         help="the loaders' consumer group: loaders of one group split the topic's partitions",
     )
     add_kafka_security(load)
-    option(
-        load,
-        "--log-level",
-        choices=LOG_LEVELS,
-        env="OFD_LOG_LEVEL",
-        default="info",
-        help="JSON logs on stderr",
-    )
+    add_log_level(load)
     load.set_defaults(run=_run_load)
 
     q = sub.add_parser("query", help="read-only SQL over the warehouse")
