@@ -14,12 +14,19 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from warehouse_journal import Sent, receipt_record, write_journal
 
 from ledger.warehouse.backends import QueryLimits, Warehouse, open_warehouse, schema_statements
-from ledger.warehouse.loader import CRASH_AFTER_INSERT_ENV, CRASH_EXIT_CODE, Loader, local_sources
+from ledger.warehouse.loader import (
+    CRASH_AFTER_INSERT_ENV,
+    CRASH_EXIT_CODE,
+    Loader,
+    local_sources,
+    read_position,
+)
 from ledger.warehouse.reports import QueryRefused, run_query, run_report
 from ledger.warehouse.service import query, service_address, warehouse_dir
 from simulators.receipts import Operation
@@ -287,3 +294,62 @@ def test_identity_check_runs_in_chunks(
     warehouse.execute(f"TRUNCATE TABLE {DB}.loader_intents")
     list(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
     _check_exactly_once(warehouse, sent)
+
+
+class _PartitionAfterRestart:
+    """A source like a Kafka partition just assigned to a new loader: the first reads return
+    only what has been fetched so far, though the log holds more (its end says so)."""
+
+    name = "kafka:test/0"
+    unit = "records"
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self._records = [(number, payload) for number, payload in enumerate(payloads, 1)]
+        self.fetched = len(self._records)
+
+    def read(self, position: int, limit: int) -> list[tuple[int, bytes]]:
+        return [r for r in self._records if position < r[0] <= self.fetched][:limit]
+
+    def committed(self, position: int) -> None:
+        del position
+
+    def end(self) -> int | None:
+        return len(self._records)
+
+
+def test_an_interrupted_batch_is_replayed_whole_never_as_a_shorter_new_one(
+    tmp_path: Path,
+) -> None:
+    """The loader dies after inserting a batch, before storing its position; its successor
+    first sees only part of that batch. Loading the part as a new batch would drop the crashed
+    insert's documents as already held, so a view the crash cut off would never get them: the
+    successor waits for the whole batch and replays it under the same token."""
+    payloads = [receipt_record(400, n)[0].payload for n in range(1, 11)]
+    source = _PartitionAfterRestart(payloads)
+    wh = open_warehouse(path=tmp_path / "wh")
+    tokens: list[str] = []
+    insert = wh.insert
+
+    def spying(table: str, rows: Any, *, token: str) -> None:
+        if table == "documents":
+            tokens.append(token)
+        insert(table, rows, token=token)
+
+    try:
+        wh.insert = spying  # type: ignore[method-assign]
+
+        def crash() -> None:
+            raise RuntimeError("loader killed after its insert")
+
+        with pytest.raises(RuntimeError, match="killed"):
+            Loader(wh, lambda: [source], after_insert=crash).step()
+        successor = Loader(wh, lambda: [source])
+        source.fetched = 4  # a new consumer has fetched part of the batch so far
+        assert successor.step() == 0
+        assert tokens == [tokens[0]]  # nothing inserted as a new, shorter batch
+        source.fetched = len(payloads)
+        assert successor.step() == len(payloads)
+        assert tokens == [tokens[0], tokens[0]]  # the same batch, the same token
+        assert read_position(wh, source.name) == len(payloads)
+    finally:
+        wh.close()

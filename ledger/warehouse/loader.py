@@ -298,9 +298,16 @@ class Loader:
         if intent is None or intent.start != start:
             return records, None
         cut = [r for r in records if r[0] <= intent.end]
-        if not cut or cut[-1][0] != intent.end:
-            return records, None  # the log changed under it (Kafka lost it): a new batch
-        return cut, intent
+        if cut and cut[-1][0] == intent.end:
+            return cut, intent
+        end = source.end()
+        if cut and cut[-1][0] < intent.end and (end is None or end >= intent.end):
+            # The rest of the interrupted batch is there but not read yet (a Kafka partition
+            # just assigned buffers what it has fetched so far). Loading this much as a new
+            # batch would drop the documents the crash already put into `documents` as held,
+            # and so never add them to the views the crash cut off: wait for the whole batch.
+            return [], intent
+        return records, None  # the log changed under it (Kafka lost it): a new batch
 
     def load(self, source: Source, records: Sequence[tuple[int, bytes]]) -> BatchResult:
         """Inserts what of `records` is new, then stores the position after the last one.
@@ -312,6 +319,8 @@ class Loader:
         """
         start = self._position(source)
         records, replay = self._replayed(source, start, records)
+        if not records:
+            return BatchResult(0, 0, 0)  # the interrupted batch is not all readable yet
         end = records[-1][0]
         if replay is None:
             replay_of = None
