@@ -52,6 +52,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from simulators.stage.ports import HOST, port_is_free
+from simulators.stage.processes import log_tail
 
 # 4.x brokers need Java 17, which the machines have. LOG4J_VERSION is the log4j-core that this
 # Kafka depends on: its SLF4J binding is added so that the broker's log reaches server.log.
@@ -246,13 +247,6 @@ def _end(process: "subprocess.Popen[bytes]", grace: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_TIMEOUT)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 # --- ports ---
@@ -475,7 +469,7 @@ class KafkaCluster:
                 code = -1
             if code != 0:
                 log = node.directory / "format.log"
-                raise KafkaStartError(f"formatting node {node.node_id} failed:\n{_tail(log)}")
+                raise KafkaStartError(f"formatting node {node.node_id} failed:\n{log_tail(log)}")
 
     def _launch(self, node: KafkaNode) -> None:
         argv = self._java_argv("kafka.Kafka", str(node.config_path))
@@ -492,7 +486,7 @@ class KafkaCluster:
                 if node.process.poll() is not None:
                     raise KafkaStartError(
                         f"Kafka node {node_id} exited with {node.process.returncode}; "
-                        f"{node.log_path}:\n{_tail(node.log_path)}"
+                        f"{node.log_path}:\n{log_tail(node.log_path)}"
                     )
                 with contextlib.suppress(KafkaException):
                     brokers = admin.list_topics(timeout=READY_PROBE_TIMEOUT).brokers
@@ -502,7 +496,7 @@ class KafkaCluster:
                 if time.monotonic() > deadline:
                     raise KafkaStartError(
                         f"Kafka node {node_id} not ready in {READY_TIMEOUT} s; "
-                        f"{node.log_path}:\n{_tail(node.log_path)}"
+                        f"{node.log_path}:\n{log_tail(node.log_path)}"
                     )
                 time.sleep(0.1)
 

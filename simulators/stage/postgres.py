@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from simulators.stage.ports import HOST, free_ports
+from simulators.stage.processes import log_tail
 
 PORTS = range(15432, 15632)
 READY_TIMEOUT = 30.0
@@ -55,13 +56,6 @@ def _server_user() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None
     return pwd.getpwnam(SERVER_USER)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 class PostgresServer:
@@ -178,7 +172,7 @@ class PostgresServer:
                 "-w", "-t", str(int(READY_TIMEOUT)), "-o", " ".join(options),
             )  # fmt: skip
         except PostgresFailed as err:
-            raise PostgresFailed(f"{err}\n{_tail(self.log_path)}") from err
+            raise PostgresFailed(f"{err}\n{log_tail(self.log_path)}") from err
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -191,7 +185,7 @@ class PostgresServer:
             if probe.returncode == 0:
                 return
             time.sleep(0.1)
-        raise PostgresFailed(f"PostgreSQL on port {self.port} not ready\n{_tail(self.log_path)}")
+        raise PostgresFailed(f"PostgreSQL on port {self.port} not ready\n{log_tail(self.log_path)}")
 
     def promote(self) -> None:
         """Ends recovery on a replica: it becomes a writable primary."""
