@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from simulators.stage.processes import end_process
+
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 CHECK_INTERVAL_MS = 500  # a dead gateway is out after `fall` failed checks, 1.5 s
@@ -116,10 +118,4 @@ class Haproxy:
         return self._process.pid
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(STOP_TIMEOUT)
+        end_process(self._process, STOP_TIMEOUT)

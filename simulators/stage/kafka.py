@@ -52,7 +52,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from simulators.stage.ports import HOST, port_is_free
-from simulators.stage.processes import log_tail
+from simulators.stage.processes import end_process, log_tail
 
 # 4.x brokers need Java 17, which the machines have. LOG4J_VERSION is the log4j-core that this
 # Kafka depends on: its SLF4J binding is added so that the broker's log reaches server.log.
@@ -236,17 +236,6 @@ def _spawn(argv: Sequence[str], log_path: Path) -> "subprocess.Popen[bytes]":
             )
 
     return _SPAWNER.submit(popen).result()
-
-
-def _end(process: "subprocess.Popen[bytes]", grace: float) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(STOP_TIMEOUT)
 
 
 # --- ports ---
@@ -542,7 +531,7 @@ class KafkaCluster:
         with self._lock:
             process = self._nodes[node_id].process
             if process is not None:
-                _end(process, STOP_TIMEOUT)
+                end_process(process, STOP_TIMEOUT)
                 self._nodes[node_id].process = None
 
     def start_node(self, node_id: int = 1) -> None:
@@ -572,7 +561,7 @@ class KafkaCluster:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in running:
-            _end(process, STOP_TIMEOUT)
+            end_process(process, STOP_TIMEOUT)
         for node in self._nodes.values():
             node.process = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Self
 
 from simulators.stage.ports import HOST, free_ports
+from simulators.stage.processes import end_process
 
 PORTS = range(11883, 12083)
 READY_TIMEOUT = 10.0
@@ -85,13 +86,7 @@ class MosquittoBroker:
         return False
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(STOP_TIMEOUT)
+        end_process(self._process, STOP_TIMEOUT)
 
     def remove(self) -> None:
         self.stop()

@@ -165,10 +165,8 @@ def _stop_postmasters(pg_dir: Path, grace: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def stop(server: ServerProcess, grace: float = STOP_GRACE) -> int:
-    """SIGTERM, SIGKILL after the grace period; then any PostgreSQL it left behind.
-    Returns the server's exit code."""
-    proc = server.proc
+def end_process(proc: "subprocess.Popen[bytes]", grace: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `grace` seconds; waits for it."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -176,6 +174,13 @@ def stop(server: ServerProcess, grace: float = STOP_GRACE) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(grace)
+
+
+def stop(server: ServerProcess, grace: float = STOP_GRACE) -> int:
+    """SIGTERM, SIGKILL after the grace period; then any PostgreSQL it left behind.
+    Returns the server's exit code."""
+    proc = server.proc
+    end_process(proc, grace)
     if server.pg_dir is not None:
         # pgserver stops the server when its last client exits cleanly; give it a moment.
         deadline = time.monotonic() + grace
