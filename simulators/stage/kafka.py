@@ -304,6 +304,19 @@ def _stop_forgotten_clusters() -> None:
         cluster.stop()
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    One id in 64 would begin with "-", and StorageTool's argument parser then reads it as an
+    option ("--cluster-id: expected one argument"). Kafka's own Uuid.randomUuid draws again in
+    that case, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaCluster:
     """N Apache Kafka nodes in KRaft combined mode on loopback; started by the constructor.
 
@@ -440,7 +453,7 @@ class KafkaCluster:
 
     def _format(self) -> None:
         """Formats every node's storage with one cluster id (in parallel: a JVM start each)."""
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         formats = [
             (node, _spawn(
                 self._java_argv("kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
