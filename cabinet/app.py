@@ -19,10 +19,12 @@ from cabinet import (
     pages_users,
     security,
 )
-from cabinet.settings import WebSettings
+from cabinet.codes import MqttCodes
+from cabinet.settings import WEB_ID, WebSettings
 from cabinet.warehouse import Documents, WarehouseUnavailable, reader_for
 from cabinet.web import CABINET, Cabinet, error_page, error_status, make_templates
 from ingest.limits import FailureLimiter
+from ingest.notifications import Notifier
 from ledger.embedded_pg import start_embedded_postgres
 from ledger.errors import NotFound, PermissionDenied, RegistryError
 from ledger.migrate import migrate
@@ -79,6 +81,9 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_get("/login", security.show_login)
     app.router.add_post("/login", security.login)
     app.router.add_post("/logout", security.logout)
+    app.router.add_get("/signup", pages_signup.show_signup)
+    app.router.add_post("/signup", pages_signup.start_signup)
+    app.router.add_post("/signup/confirm", pages_signup.confirm_signup)
     app.router.add_get(CHECK_PATH, check.check)
     app.router.add_get("/organization", r.show_organization)
     app.router.add_post("/organization", r.update_organization)
@@ -120,6 +125,8 @@ async def running_cabinet(
 ) -> AsyncIterator[RunningCabinet]:
     """Serves the cabinet until the block ends; `reader` replaces the configured warehouse
     (tests hand it an in-process one)."""
+    mqtt = settings.mqtt()
+    notifier = None if mqtt is None else Notifier(mqtt)
     pool = await asyncpg.create_pool(await _database_url(settings), min_size=1, max_size=POOL_SIZE)
     assert pool is not None
     try:
@@ -137,9 +144,12 @@ async def running_cabinet(
             check_misses=FailureLimiter(settings.check_misses),
             kdf=asyncio.Semaphore(settings.kdf_concurrency),
             check_url="",
+            codes=None if notifier is None else MqttCodes(notifier, WEB_ID),
+            signup_starts=FailureLimiter(settings.signup_starts),
         )
         runner = web.AppRunner(build_app(context), access_log=None)
         await runner.setup()
+        sending = None if notifier is None else asyncio.create_task(notifier.run())
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
             await site.start()
@@ -149,6 +159,10 @@ async def running_cabinet(
             yield RunningCabinet(f"http://{host}:{port}", port, context)
         finally:
             await runner.cleanup()
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
     finally:
         await pool.close()
 

@@ -140,6 +140,22 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     )
     option(
         web,
+        "--mqtt-url",
+        env="OFD_MQTT_URL",
+        default="",
+        help="send one-time codes (sign-up) to this broker, mqtt://host:1883, for the SMS/e-mail"
+        " gateway to deliver (empty: none, and sign-up is closed)",
+    )
+    option(
+        web,
+        "--signup-starts",
+        env="OFD_SIGNUP_STARTS",
+        type=int,
+        default=DEFAULT_SIGNUP_STARTS.failures,
+        help="sign-ups one address may start per hour",
+    )
+    option(
+        web,
         "--secure-cookie",
         action="store_true",
         env="OFD_WEB_SECURE_COOKIE",

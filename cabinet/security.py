@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -38,7 +39,7 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGIN_BYTES = 24
 LOGIN_VALUE = re.compile(r"[A-Za-z0-9_-]{32}")  # what token_urlsafe(LOGIN_BYTES) makes
-PUBLIC_PATHS = frozenset({"/login", CHECK_PATH, "/healthz"})
+PUBLIC_PATHS = frozenset({"/login", "/signup", "/signup/confirm", CHECK_PATH, "/healthz"})
 PUBLIC_PREFIXES = ("/static/",)
 # Served without even looking for a session: the check is the busiest page an OFD has, and
 # shows the same to everyone.
@@ -124,15 +125,33 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, v
     )
 
 
-async def login_form(request: web.Request, *, status: int = 200, error: str = "") -> web.Response:
+def public_form(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    """A form posted without a session (login, sign-up): it carries a value that must equal its
+    own cookie's (double submit), so no other site can post it from a visitor's browser."""
     # The browser's value when it has one: a second tab (or a browser loading the page twice)
     # must not turn the first tab's form stale.
     value = request.cookies.get(LOGIN_COOKIE, "")
     if not LOGIN_VALUE.fullmatch(value):
         value = secrets.token_urlsafe(LOGIN_BYTES)
-    response = render(request, "login.html", status=status, login_csrf=value, error=error)
+    response = render(request, template, status=status, login_csrf=value, **context)
     _set_cookie(request, response, LOGIN_COOKIE, value)
     return response
+
+
+def public_form_posted(request: web.Request, form: MultiDictProxy[Any]) -> bool:
+    """Whether a posted public form carries its own cookie's value."""
+    presented, expected = form.get("login_csrf", ""), request.cookies.get(LOGIN_COOKIE, "")
+    return (
+        isinstance(presented, str)
+        and bool(expected)
+        and hmac.compare_digest(presented.encode(), expected.encode())
+    )
+
+
+async def login_form(request: web.Request, *, status: int = 200, error: str = "") -> web.Response:
+    return public_form(request, "login.html", status=status, error=error)
 
 
 async def show_login(request: web.Request) -> web.Response:

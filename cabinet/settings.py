@@ -5,6 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ingest.limits import FailureBudget
+from ingest.notifications import MqttSettings
 from ledger.cabinet_sessions import SessionPolicy
 from ledger.receipt_check import CHECK_PATH, DEFAULT_WEB_PORT
 from ledger.warehouse.reports import ReportLimits
@@ -15,6 +16,11 @@ DEFAULT_LOGIN_FAILURES = FailureBudget(failures=10, window_seconds=60.0)
 # Checks of receipts that match nothing, per address and minute: an honest customer scans a
 # receipt that exists; a stream of misses is someone guessing signs.
 DEFAULT_CHECK_MISSES = FailureBudget(failures=60, window_seconds=60.0)
+# Sign-ups one address may start per hour: each costs a scrypt hash and a message to a phone.
+DEFAULT_SIGNUP_STARTS = FailureBudget(failures=5, window_seconds=3600.0)
+
+Network = IPv4Network | IPv6Network
+WEB_ID = "web"  # the cabinet's name in MQTT topics and client ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,10 @@ class WebSettings:
             raise ValueError(f"web port {self.port} is not a port")
         if min(self.warehouse_concurrency, self.kdf_concurrency, self.kdf_queue) < 1:
             raise ValueError("concurrency limits must be at least 1")
+        self.mqtt()  # a bad MQTT URL is refused here, before any database is opened
+
+    def mqtt(self) -> MqttSettings | None:
+        return None if self.mqtt_url is None else MqttSettings.from_url(self.mqtt_url, WEB_ID)
 
     def check_url(self, port: int) -> str:
         """The QR base URL: the setting, else this server's own check page on `port`."""

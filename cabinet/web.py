@@ -11,6 +11,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy, MultiMapping
 
+from cabinet.codes import CodeChannel
 from cabinet.settings import WebSettings
 from cabinet.warehouse import Documents
 from ingest.limits import FailureLimiter
@@ -88,6 +89,9 @@ class Cabinet:
     check_misses: FailureLimiter
     kdf: asyncio.Semaphore
     check_url: str
+    # Where one-time codes go; None: nothing can be sent, and sign-up is closed.
+    codes: CodeChannel | None
+    signup_starts: FailureLimiter
     kdf_waiting: int = 0
 
 

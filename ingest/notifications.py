@@ -132,11 +132,15 @@ class Notifier:
         self.stats = NotifierStats()
 
     def publish(self, system_id: int, event: str, data: dict[str, object]) -> None:
-        """Queues one notification. Synchronous and bounded: callable on the request path."""
-        item = (
+        """Queues one device notification. Synchronous and bounded: callable on the request path."""
+        self.publish_message(
             topic(self._settings.gateway_id, system_id, event),
             payload(self._settings.gateway_id, system_id, event, data),
         )
+
+    def publish_message(self, topic_name: str, body: bytes) -> None:
+        """Queues one message for any topic (the cabinet's one-time codes use their own)."""
+        item = (topic_name, body)
         if self._queue.full():
             self._queue.get_nowait()
             self.stats.dropped += 1

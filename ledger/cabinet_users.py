@@ -116,11 +116,46 @@ async def add_user(
     is_main: bool = False,
 ) -> User:
     """Adds a user (its password hashed in a worker thread: scrypt takes tens of ms)."""
+    check_new_user(login, name, email, phone, position)
+    password_hash = await new_password_hash(password)
+    return await insert_user(
+        conn,
+        organization_id,
+        login=login,
+        password_hash=password_hash,
+        name=name,
+        email=email,
+        phone=phone,
+        position=position,
+        is_main=is_main,
+    )
+
+
+def check_new_user(login: str, name: str, email: str, phone: str, position: str) -> None:
     if not LOGIN.fullmatch(login):
         raise InvalidRequest("a login is 3 to 64 letters, digits or . _ @ -")
-    _check_password(password)
     _check_profile(name, email, phone, position)
-    password_hash = await asyncio.to_thread(operators.hash_password, password)
+
+
+async def new_password_hash(password: str) -> str:
+    """A new password's scrypt hash, made in a worker thread; a too short or long one refused."""
+    _check_password(password)
+    return await asyncio.to_thread(operators.hash_password, password)
+
+
+async def insert_user(
+    conn: Conn,
+    organization_id: int,
+    *,
+    login: str,
+    password_hash: str,
+    name: str,
+    email: str,
+    phone: str,
+    position: str,
+    is_main: bool,
+) -> User:
+    """Stores a user whose fields `check_new_user` and `new_password_hash` passed."""
     try:
         row = await conn.fetchrow(
             "INSERT INTO cabinet_users (organization_id, login, password_hash, name, email,"

@@ -81,8 +81,10 @@ async def cabinet_at(
     reader: Reader | None = None,
     login_failures: FailureBudget | None = None,
     check_misses: FailureBudget | None = None,
+    **settings: Any,
 ) -> AsyncIterator[RunningCabinet]:
-    overrides: dict[str, Any] = {}
+    """A cabinet served in-process; `settings` are WebSettings fields to set."""
+    overrides: dict[str, Any] = dict(settings)
     if login_failures is not None:
         overrides["login_failures"] = login_failures
     if check_misses is not None:
