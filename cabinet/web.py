@@ -15,6 +15,7 @@ from cabinet.codes import CodeChannel
 from cabinet.settings import WebSettings
 from cabinet.warehouse import Documents
 from ingest.limits import FailureLimiter
+from ledger.cabinet_centres import CENTRES_SECTION, CLIENTS_SECTION
 from ledger.cabinet_sessions import Session
 from ledger.cabinet_users import SECTIONS, USERS_SECTION, Access
 from ledger.errors import (
@@ -40,6 +41,8 @@ SECTION_TITLES = {
     "transactions": "Транзакции",
     "reports": "Отчёты",
     "analytics": "Аналитика",
+    CENTRES_SECTION: "Сервисные центры (ЦТО)",
+    CLIENTS_SECTION: "Клиенты",
     USERS_SECTION: "Пользователи и группы",
 }
 STATUS_TITLES = {
@@ -74,6 +77,7 @@ DONE = {
     "deleted": "Удалено.",
     "registered": "Заявка на регистрацию подана: ККМ ожидает регистрации в КГД.",
     "moved": "Статус ККМ изменён.",
+    "stopped": "Доступ остановлен.",
 }
 
 

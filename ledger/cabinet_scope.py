@@ -5,10 +5,15 @@ Every function takes the user's Access and the section the act belongs to: a sec
 groups do not grant is PermissionDenied (403); a trade point or device out of the user's reach,
 of another organization or of no one, is NotFound (404) alike, so an id in a URL tells nothing
 of what exists elsewhere. Every change is audited (control_audit) as "cabinet:<login>".
+
+A service centre's user (CLIENTS_SECTION) also reaches another organization's register that an
+active grant gives its organization, in the grant's sections only (ledger.cabinet_centres);
+never its owner's organization, points or lifecycle.
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from ledger import cabinet_centres as centres
 from ledger import registry
 from ledger.cabinet_users import Access
 from ledger.errors import NotFound, PermissionDenied, PreconditionFailed
@@ -126,12 +131,35 @@ async def devices(
     )
 
 
-async def device(conn: Conn, access: Access, system_id: int, section: str) -> registry.Device:
-    require(access, section)
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """A register within a user's reach, and the sections the user has on it."""
+
+    device: registry.Device
+    sections: frozenset[str]
+    own: bool  # of the user's organization; else a client's, through a centre's grant
+
+
+async def reach(conn: Conn, access: Access, system_id: int, section: str) -> Reached:
     placement = await registry.placement_of_device(conn, system_id)
+    if (
+        placement is not None
+        and placement[0] != access.organization_id
+        and access.may(centres.CLIENTS_SECTION)
+    ):
+        granted = await centres.granted_sections(conn, access.organization_id, system_id)
+        if granted is not None:
+            if section not in granted:
+                raise PermissionDenied(f"the section {section!r} is not granted to the centre")
+            return Reached(await registry.get_device(conn, system_id), granted, own=False)
+    require(access, section)
     if placement is None or not access.reaches(*placement):
         raise NotFound(f"no cash register {system_id}")
-    return await registry.get_device(conn, system_id)
+    return Reached(await registry.get_device(conn, system_id), access.sections, own=True)
+
+
+async def device(conn: Conn, access: Access, system_id: int, section: str) -> registry.Device:
+    return (await reach(conn, access, system_id, section)).device
 
 
 async def application(conn: Conn, access: Access, system_id: int) -> filing.ApplicationRow | None:
@@ -164,7 +192,8 @@ async def lifecycle(
     if action not in TAXPAYER_ACTIONS:
         raise PermissionDenied(f"{action} is the KGD's confirmation, not the taxpayer's")
     async with conn.transaction():
-        await device(conn, access, system_id, "devices")
+        if not (await reach(conn, access, system_id, "devices")).own:
+            raise PermissionDenied("lifecycle actions are the taxpayer's, not a service centre's")
         if trade_point_id:
             await point(conn, access, trade_point_id, "devices")
         if action is Action.REQUEST_DEREGISTRATION:
@@ -205,3 +234,44 @@ async def new_token(conn: Conn, access: Access, system_id: int) -> int:
         # The token itself stays out of the log: the log is read by more people.
         await registry.audit(conn, actor(access), "IssueToken", system_id)
     return token
+
+
+# --- service centres ---
+
+
+async def centre_grants(conn: Conn, access: Access) -> list[centres.Grant]:
+    require(access, centres.CENTRES_SECTION, whole=True)
+    return await centres.grants_of(conn, access.organization_id)
+
+
+async def grant_centre(
+    conn: Conn, access: Access, *, centre_bin: str, sections: set[str], system_ids: set[int]
+) -> centres.Grant:
+    """Grants a service centre sections on some of the organization's registers: an act on the
+    organization as a whole, as its registers may stand in any of its points."""
+    require(access, centres.CENTRES_SECTION, whole=True)
+    return await centres.grant(
+        conn, access.organization_id, actor(access),
+        centre_bin=centre_bin, sections=sections, system_ids=system_ids,
+    )  # fmt: skip
+
+
+async def change_centre_grant(
+    conn: Conn, access: Access, grant_id: int, *, sections: set[str], system_ids: set[int]
+) -> centres.Grant:
+    require(access, centres.CENTRES_SECTION, whole=True)
+    return await centres.change(
+        conn, access.organization_id, actor(access), grant_id,
+        sections=sections, system_ids=system_ids,
+    )  # fmt: skip
+
+
+async def stop_centre_grant(conn: Conn, access: Access, grant_id: int) -> centres.Grant:
+    require(access, centres.CENTRES_SECTION, whole=True)
+    return await centres.stop(conn, access.organization_id, actor(access), grant_id)
+
+
+async def clients(conn: Conn, access: Access) -> list[centres.ClientDevice]:
+    """The registers other organizations granted the user's organization, as a centre."""
+    require(access, centres.CLIENTS_SECTION)
+    return await centres.clients(conn, access.organization_id)

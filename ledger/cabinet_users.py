@@ -19,11 +19,15 @@ from dataclasses import dataclass
 import asyncpg
 
 from ledger import operators
+from ledger.cabinet_centres import CENTRES_SECTION, CLIENTS_SECTION
 from ledger.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDenied
 from ledger.state_store import Conn
 
 # The sections a group may grant, in the order the cabinet shows them.
-SECTIONS = ("organization", "points", "devices", "token", "transactions", "reports", "analytics")
+SECTIONS = (
+    "organization", "points", "devices", "token", "transactions", "reports", "analytics",
+    CENTRES_SECTION, CLIENTS_SECTION,
+)  # fmt: skip
 USERS_SECTION = "users"  # the main user's alone
 LOGIN = re.compile(r"[A-Za-z0-9._@-]{3,64}")  # the column's CHECK says the same
 MIN_PASSWORD = 8
