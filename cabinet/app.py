@@ -14,6 +14,7 @@ from aiohttp import web
 from cabinet import (
     check,
     pages_analytics,
+    pages_centres,
     pages_documents,
     pages_registry,
     pages_users,
@@ -109,6 +110,11 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_post(f"/users/{ID}", pages_users.change_user)
     app.router.add_post("/groups", pages_users.add_group)
     app.router.add_post(f"/groups/{ID}/delete", pages_users.delete_group)
+    app.router.add_get("/centres", pages_centres.show_centres)
+    app.router.add_post("/centres", pages_centres.grant_centre)
+    app.router.add_post(f"/centres/{ID}", pages_centres.change_grant)
+    app.router.add_post(f"/centres/{ID}/stop", pages_centres.stop_grant)
+    app.router.add_get("/clients", pages_centres.show_clients)
     app.router.add_static("/static/", STATIC, append_version=False)
     return app
 

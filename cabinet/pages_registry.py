@@ -237,10 +237,12 @@ async def _device_page(
 ) -> web.Response:  # fmt: skip
     found = access(request)
     async with cabinet(request).pool.acquire() as conn:
-        device = await scope.device(conn, found, _id(request), "devices")
+        reached = await scope.reach(conn, found, _id(request), "devices")
+        device = reached.device
         application = await scope.application(conn, found, device.system_id)
         point = await registry.get_trade_point(conn, device.trade_point_id)
-        points = await scope.points(conn, found, "devices")
+        # A service centre's user moves no register: the lifecycle is the taxpayer's.
+        points = await scope.points(conn, found, "devices") if reached.own else []
     return render(
         request,
         "device.html",
@@ -249,10 +251,10 @@ async def _device_page(
         application=application,
         point=point,
         points=[p for p in points if p.id != device.trade_point_id],
-        actions=_actions(device),
-        may_token=found.may("token"),
-        may_documents=found.may("transactions"),
-        may_reports=found.may("reports"),
+        actions=_actions(device) if reached.own else [],
+        may_token="token" in reached.sections,
+        may_documents="transactions" in reached.sections,
+        may_reports="reports" in reached.sections,
         token=token,
         new_token=new_token,
         error=error,
