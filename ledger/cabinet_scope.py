@@ -141,6 +141,9 @@ class Reached:
 
 
 async def reach(conn: Conn, access: Access, system_id: int, section: str) -> Reached:
+    """The register, when `section` of it is within the user's reach: its own organization's
+    through its groups, another's through a grant to its organization as a service centre (a
+    section the grant leaves out is 403; without a grant, it is out of reach as any other)."""
     placement = await registry.placement_of_device(conn, system_id)
     if (
         placement is not None

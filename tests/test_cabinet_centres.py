@@ -103,16 +103,18 @@ async def _token(database_url: str, system_id: int) -> int:
         await conn.close()
 
 
-async def _user(database_url: str, shop: Shop, login: str, *sections: str) -> None:
-    """A user of `shop` in a group granting `sections` on all its points."""
+async def _user(
+    database_url: str, shop: Shop, login: str, *sections: str, points: set[int] | None = None
+) -> None:
+    """A user of `shop` in a group granting `sections` on `points` (None: all its points)."""
     conn = await asyncpg.connect(database_url)
     try:
         user = await cabinet_users.add_user(
             conn, shop.organization.id, login=login, password=PASSWORD
         )
         group = await cabinet_users.add_group(
-            conn, shop.organization.id, name=login, sections=set(sections), all_points=True,
-            point_ids=set(),
+            conn, shop.organization.id, name=login, sections=set(sections),
+            all_points=points is None, point_ids=points or set(),
         )  # fmt: skip
         await cabinet_users.set_user_groups(conn, shop.organization.id, user.id, {group.id})
     finally:
@@ -327,6 +329,7 @@ async def test_only_the_granting_taxpayer_and_the_granted_centre_reach_a_grant(
     p = await _parties(database_url)
     await _user(database_url, p.taxpayer, "cashier", "devices", "token", "transactions")
     await _user(database_url, p.taxpayer, "deputy", "centres")
+    await _user(database_url, p.taxpayer, "manager", "centres", points={p.taxpayer.point.id})
     await _user(database_url, p.centre, "fitter", "clients")
     await _user(database_url, p.centre, "accountant", "devices", "transactions")
     async with _cabinet(tmp_path, database_url) as running:
@@ -345,6 +348,10 @@ async def test_only_the_granting_taxpayer_and_the_granted_centre_reach_a_grant(
             assert page.status == 403
             assert (await cashier.post(f"/centres/{grant}/stop")).status == 403
             assert (await cashier.get("/clients")).status == 403
+        # Nor one who reaches some trade points only: a grant is the whole organization's act.
+        async with client(running, "manager") as manager:
+            assert (await manager.get("/centres")).status == 403
+            assert (await manager.post(f"/centres/{grant}/stop")).status == 403
         # One whose group grants it does.
         async with client(running, "deputy") as deputy:
             page = await deputy.get("/centres")
