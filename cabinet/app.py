@@ -21,6 +21,7 @@ from cabinet import (
     security,
 )
 from cabinet.codes import MqttCodes
+from cabinet.i18n import LANGUAGES
 from cabinet.settings import WEB_ID, WebSettings
 from cabinet.warehouse import Documents, WarehouseUnavailable, reader_for
 from cabinet.web import CABINET, Cabinet, error_page, error_status, make_templates
@@ -82,6 +83,7 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_get("/login", security.show_login)
     app.router.add_post("/login", security.login)
     app.router.add_post("/logout", security.logout)
+    app.router.add_get("/lang/{language:[a-z]{2}}", pages_language.choose)
     app.router.add_get("/signup", pages_signup.show_signup)
     app.router.add_post("/signup", pages_signup.start_signup)
     app.router.add_post("/signup/confirm", pages_signup.confirm_signup)
@@ -145,7 +147,7 @@ async def running_cabinet(
                 reader or reader_for(settings.data_dir, settings.clickhouse_url),
                 settings.warehouse_concurrency,
             ),
-            templates=make_templates(),
+            templates={language: make_templates(language) for language in LANGUAGES},
             login_failures=FailureLimiter(settings.login_failures),
             check_misses=FailureLimiter(settings.check_misses),
             kdf=asyncio.Semaphore(settings.kdf_concurrency),

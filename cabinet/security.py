@@ -40,7 +40,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGIN_BYTES = 24
 LOGIN_VALUE = re.compile(r"[A-Za-z0-9_-]{32}")  # what token_urlsafe(LOGIN_BYTES) makes
 PUBLIC_PATHS = frozenset({"/login", "/signup", "/signup/confirm", CHECK_PATH, "/healthz"})
-PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PREFIXES = ("/static/", "/lang/")
 # Served without even looking for a session: the check is the busiest page an OFD has, and
 # shows the same to everyone.
 SESSIONLESS = frozenset({CHECK_PATH, "/healthz"})

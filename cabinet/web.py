@@ -2,6 +2,7 @@
 answers to the domain's errors."""
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -12,6 +13,13 @@ from aiohttp import web
 from multidict import MultiDictProxy, MultiMapping
 
 from cabinet.codes import CodeChannel
+from cabinet.i18n import (
+    CATALOGUES,
+    LANGUAGE_COOKIE,
+    TranslatingLoader,
+    language_of,
+    translate,
+)
 from cabinet.settings import WebSettings
 from cabinet.warehouse import Documents
 from ingest.limits import FailureLimiter
@@ -78,6 +86,7 @@ DONE = {
     "registered": "Заявка на регистрацию подана: ККМ ожидает регистрации в КГД.",
     "moved": "Статус ККМ изменён.",
     "stopped": "Доступ остановлен.",
+    "signed_up": "Организация зарегистрирована. Войдите как её главный пользователь.",
 }
 
 
@@ -88,7 +97,7 @@ class Cabinet:
     settings: WebSettings
     pool: asyncpg.Pool
     documents: Documents
-    templates: jinja2.Environment
+    templates: Mapping[str, jinja2.Environment]  # by language (cabinet/i18n.LANGUAGES)
     login_failures: FailureLimiter
     check_misses: FailureLimiter
     kdf: asyncio.Semaphore
@@ -138,9 +147,13 @@ def degrees(micro: int) -> str:
     return f"{Decimal(micro) / MICRO:.6f}"
 
 
-def make_templates() -> jinja2.Environment:
+def make_templates(language: str) -> jinja2.Environment:
+    """The templates in `language` (cabinet/i18n.py): Russian as written, Kazakh translated as
+    each template is compiled, with the titles handed to templates translated alike."""
+    catalogue = CATALOGUES[language]
+    loader: jinja2.BaseLoader = jinja2.PackageLoader("cabinet", "templates")
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("cabinet", "templates"),
+        loader=TranslatingLoader(loader, catalogue) if catalogue else loader,
         autoescape=True,  # every value is escaped unless a template says otherwise (none does)
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -156,6 +169,10 @@ def make_templates() -> jinja2.Environment:
         APPLICATION_TITLES=APPLICATION_TITLES,
         APPLICATION_STATUS_TITLES=APPLICATION_STATUS_TITLES,
     )
+    for name, value in list(env.globals.items()):
+        if name.endswith("_TITLES") and isinstance(value, dict):
+            env.globals[name] = {key: catalogue.get(v, v) for key, v in value.items()}
+    env.globals["language"] = language
     return env
 
 
@@ -165,11 +182,16 @@ def render(
     session = request.get(SESSION)
     found = request.get(ACCESS)
     sections = [] if found is None else [s for s in (*SECTIONS, USERS_SECTION) if found.may(s)]
-    done = DONE.get(request.query.get("done", ""), "")
+    language = language_of(request.cookies.get(LANGUAGE_COOKIE))
+    done = translate(language, DONE.get(request.query.get("done", ""), ""))
+    if isinstance(context.get("error"), str):  # the pages' own refusals are in Russian
+        context["error"] = translate(language, context["error"])
     text = (
         cabinet(request)
-        .templates.get_template(template)
+        .templates[language]
+        .get_template(template)
         .render(
+            here=request.path_qs,
             user=None if found is None else found.user,
             csrf="" if session is None else session.csrf_token,
             nav=sections,
@@ -202,7 +224,9 @@ def error_status(err: RegistryError) -> int:
 
 
 def error_page(request: web.Request, status: int, message: str) -> web.Response:
-    return render(request, "error.html", status=status, message=message)
+    """An error page; `message` in Russian is shown in the visitor's language."""
+    language = language_of(request.cookies.get(LANGUAGE_COOKIE))
+    return render(request, "error.html", status=status, message=translate(language, message))
 
 
 def text(form: MultiDictProxy[Any], name: str, *, required: bool = False) -> str:
