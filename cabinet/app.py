@@ -97,6 +97,7 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_post(f"/points/{ID}/delete", r.delete_point)
     app.router.add_get("/kkm", r.show_devices)
     app.router.add_post("/kkm", r.register_device)
+    app.router.add_post("/kkm/confirm", pages_applications.confirm_registration)
     app.router.add_get(f"/kkm/{ID}", r.show_device)
     app.router.add_post(f"/kkm/{ID}/lifecycle", r.move_device)
     app.router.add_post(f"/kkm/{ID}/token", r.get_token)

@@ -5,6 +5,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cabinet import pages_applications
 from cabinet.web import (
     access,
     cabinet,
@@ -215,6 +216,8 @@ async def register_device(request: web.Request) -> web.Response:
             number(form, "point", low=1),
             DeviceStatus.AWAITING_REGISTRATION,
         )
+        if cabinet(request).codes is not None:  # the main user confirms it with a code
+            return await pages_applications.hold_registration(request, new)
         async with cabinet(request).pool.acquire() as conn:
             added, _ = await scope.register_device(conn, access(request), new)
     except RegistryError as err:

@@ -221,6 +221,18 @@ async def get_user(conn: Conn, organization_id: int, user_id: int) -> User:
     return User(*row)
 
 
+async def main_user(conn: Conn, organization_id: int) -> User:
+    """The organization's active main user: who confirms its registration applications."""
+    row = await conn.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM cabinet_users WHERE organization_id = $1 AND is_main"
+        " AND active",
+        organization_id,
+    )
+    if row is None:
+        raise NotFound(f"organization {organization_id} has no active main user")
+    return User(*row)
+
+
 async def list_users(conn: Conn, organization_id: int) -> list[User]:
     rows = await conn.fetch(
         f"SELECT {USER_COLUMNS} FROM cabinet_users WHERE organization_id = $1 ORDER BY id",
