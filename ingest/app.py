@@ -12,13 +12,13 @@ from typing import Any
 import asyncpg
 import grpc.aio
 
-from ingest import grpc_ingest
+from ingest import grpc_ingest, notice_scan
 from ingest.control.methods import SERVICE as CONTROL_SERVICE
 from ingest.control.service import ControlService
 from ingest.grpc_ingest import GrpcIngest
 from ingest.journals import open_journal
 from ingest.metrics import GatewayMetrics
-from ingest.notifications import Notifier, scan_forever
+from ingest.notifications import Notifier, no_notify, scan_forever
 from ingest.pipeline import Pipeline, PipelineSettings
 from ingest.process import start_process
 from ingest.settings import Settings
@@ -244,18 +244,26 @@ def _background_tasks(
             tasks.create_task(metrics.refresh_offline_forever(), name="offline-gauges")
         )
     if notifier is not None:
-        background += [
-            tasks.create_task(notifier.run(), name="mqtt-notifier"),
-            tasks.create_task(
-                scan_forever(
-                    pool,
-                    notifier.publish,
-                    settings.offline_alert_seconds,
-                    settings.alert_scan_seconds,
-                ),
-                name="alert-scan",
+        background.append(tasks.create_task(notifier.run(), name="mqtt-notifier"))
+    # The scans run without MQTT too: the cabinet's notices and the subscriptions' terms
+    # depend on them.
+    background += [
+        tasks.create_task(
+            scan_forever(
+                pool,
+                no_notify if notifier is None else notifier.publish,
+                settings.offline_alert_seconds,
+                settings.alert_scan_seconds,
             ),
-        ]
+            name="alert-scan",
+        ),
+        tasks.create_task(
+            notice_scan.scan_forever(
+                pool, settings.subscription_ending_days, settings.alert_scan_seconds
+            ),
+            name="notice-scan",
+        ),
+    ]
     return background
 
 

@@ -144,6 +144,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         kafka=_kafka_from(args),
         mqtt_url=args.mqtt_url or None,
         offline_alert_seconds=args.offline_alert_seconds,
+        subscription_ending_days=args.subscription_ending_days,
         log_level=args.log_level,
         refusal_logs_per_device=args.refusal_logs_per_device,
     )
@@ -394,7 +395,15 @@ def _add_serve(sub: Any) -> None:
         type=float,
         env="OFD_OFFLINE_ALERT_SECONDS",
         default=6 * 3600.0,
-        help="notify when a device is silent this long (with --mqtt-url)",
+        help="notify when a device is silent this long (over MQTT, and in the cabinet)",
+    )
+    option(
+        serve,
+        "--subscription-ending-days",
+        type=int,
+        env="OFD_SUBSCRIPTION_ENDING_DAYS",
+        default=7,
+        help="tell an organization in the cabinet when a register's subscription ends this soon",
     )
     add_log_level(serve, "; debug adds a line per answered request")
     _add_limits(serve)

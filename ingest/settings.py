@@ -60,11 +60,14 @@ class Settings:
     control_auth_failures: FailureBudget = DEFAULT_CONTROL_AUTH_FAILURES
     # MQTT notifications (ingest/notifications.py): None publishes none.
     mqtt_url: str | None = None
-    # A device silent this long is reported offline; well before the 72 hours after which
-    # its offline queue blocks it.
+    # A device silent this long is reported offline (over MQTT and in the cabinet); well
+    # before the 72 hours after which its offline queue blocks it.
     offline_alert_seconds: float = 6 * 3600.0
-    # How often the offline / long-shift scan runs (with mqtt_url only).
+    # How often the offline / long-shift scan and the cabinet's scan (ingest/notice_scan.py)
+    # run.
     alert_scan_seconds: float = 60.0
+    # A subscription term ending within this many days is noticed in the cabinet.
+    subscription_ending_days: int = 7
     # "debug" adds one line per answered request; "info" logs refusals and failures only.
     log_level: str = "info"
     # Refusal log lines one device may cause per minute (ingest/logs.LogCap).

@@ -3,12 +3,14 @@
 
 Each alert is raised once: its row in device_alerts says it was, so with several gateways only
 the one whose insert wins reports it; alerts that no longer hold are cleared in the same
-transaction. Notifications (ingest.notifications) publish what a scan returns.
+transaction. Notifications (ingest.notifications) publish what a scan returns; a device found
+offline is also told to its organization in the cabinet (ledger/notices.py), once per silence.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger import notices
 from ledger.lifecycle import SERVED_STATUSES
 from ledger.state_store import Conn
 
@@ -85,6 +87,12 @@ async def scan(conn: Conn, offline_seconds: float, *, timeout: float) -> Raised:
             RAISE_OFFLINE_SQL, offline_seconds, MAX_ALERTS_PER_SCAN, _SERVED, timeout=timeout
         )
         shifts = await conn.fetch(RAISE_SHIFT_SQL, MAX_ALERTS_PER_SCAN, _SERVED, timeout=timeout)
+        await notices.post(
+            conn,
+            notices.Kind.OFFLINE,
+            [(row["system_id"], notices.local_time(row["last_contact"]), None) for row in offline],
+            timeout=timeout,
+        )
     return Raised(
         [OfflineAlert(row["system_id"], row["last_contact"]) for row in offline],
         [

@@ -26,7 +26,7 @@ from ledger.state_store import Conn
 # The sections a group may grant, in the order the cabinet shows them.
 SECTIONS = (
     "organization", "points", "devices", "token", "transactions", "reports", "analytics",
-    CENTRES_SECTION, CLIENTS_SECTION,
+    CENTRES_SECTION, CLIENTS_SECTION, "notifications", "subscriptions",
 )  # fmt: skip
 USERS_SECTION = "users"  # the main user's alone
 LOGIN = re.compile(r"[A-Za-z0-9._@-]{3,64}")  # the column's CHECK says the same

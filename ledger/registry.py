@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from ledger import notices
 from ledger.constraints import translate
 from ledger.errors import (
     InvalidRequest,
@@ -412,22 +413,27 @@ async def _kgd_application(conn: Conn, system_id: int, action: Action) -> None:
 
 
 async def set_blocked(conn: Conn, system_id: int, blocked: bool, message: str = "") -> Device:
-    """Blocks (with the message the device shows) or unblocks a device."""
+    """Blocks (with the message the device shows) or unblocks a device; its organization is
+    told in the cabinet of a block and of the unblocking of a blocked one."""
     if len(message) > MAX_BLOCK_MESSAGE:
         raise InvalidRequest(f"block message longer than {MAX_BLOCK_MESSAGE} characters")
     if blocked and not message.strip():
         raise InvalidRequest("a block needs the message the device will show")
     async with conn.transaction():
-        done = await conn.fetchval(
+        # The subquery reads the row as it was before this statement.
+        was_blocked = await conn.fetchval(
             "UPDATE devices SET blocked = $2, block_message = $3 WHERE system_id = $1"
-            " RETURNING system_id",
+            " RETURNING (SELECT x.blocked FROM devices x WHERE x.system_id = $1)",
             system_id,
             blocked,
             message if blocked else "",
         )
-        if done is None:
+        if was_blocked is None:
             raise NotFound(f"no device with system id {system_id}")
         await _bump(conn, system_id)
+        if blocked or was_blocked:
+            kind = notices.Kind.BLOCKED if blocked else notices.Kind.UNBLOCKED
+            await notices.post(conn, kind, [(system_id, message if blocked else "", None)])
     return await get_device(conn, system_id)
 
 

@@ -13,7 +13,8 @@ claims to expire and be retried. For each:
   audit entry by actor "kgd". Accepted: registration and re-registration ACTIVATE the device,
   deregistration DEREGISTERs it. Refused: a (re-)registration leaves the device awaiting
   registration, a deregistration moves it back to registered (CANCEL_DEREGISTRATION); the
-  reason stays on the application (`kkm show`, the audit log).
+  reason stays on the application (`kkm show`, the audit log) and is noticed to the
+  organization in the cabinet (ledger/notices.py).
 
 An operator's direct move (`ofd kkm activate`, `deregister`, ...) closes the open application
 as overridden (ledger/registry.py), and its answer is then no longer acted on.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from ledger import registry
+from ledger import notices, registry
 from ledger.errors import PreconditionFailed
 from ledger.kgd import (
     Application,
@@ -205,6 +206,10 @@ class ApplicationWorker:
                 reason=status.reason,
                 moved=moved,
             )
+            if not accepted:  # the taxpayer learns it in the cabinet
+                await notices.post(
+                    conn, notices.Kind.KGD_REFUSED, [(application.system_id, status.reason, None)]
+                )
         if accepted:
             self.stats.accepted += 1
         else:
