@@ -16,7 +16,9 @@ from cabinet import (
     pages_analytics,
     pages_centres,
     pages_documents,
+    pages_notices,
     pages_registry,
+    pages_subscriptions,
     pages_users,
     security,
 )
@@ -73,6 +75,7 @@ def build_app(context: Cabinet) -> web.Application:
             security.headers_middleware,
             errors_middleware,
             security.session_middleware,
+            pages_notices.unread_middleware,
         ],
         client_max_size=context.settings.max_body,
     )
@@ -118,6 +121,15 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_post(f"/centres/{ID}", pages_centres.change_grant)
     app.router.add_post(f"/centres/{ID}/stop", pages_centres.stop_grant)
     app.router.add_get("/clients", pages_centres.show_clients)
+    app.router.add_routes(
+        [
+            web.get("/notifications", pages_notices.show_notices),
+            web.post("/notifications/read", pages_notices.mark_all_read),
+            web.post(f"/notifications/{ID}/read", pages_notices.mark_read),
+            web.get("/subscriptions", pages_subscriptions.show_subscriptions),
+            web.post(f"/subscriptions/{ID}", pages_subscriptions.set_auto_renew),
+        ]
+    )
     app.router.add_static("/static/", STATIC, append_version=False)
     return app
 

@@ -35,6 +35,7 @@ from ledger.errors import (
     RegistryError,
 )
 from ledger.lifecycle import DeviceStatus
+from ledger.notices import Kind
 
 COOKIE = "ofd_session"
 LOGIN_COOKIE = "ofd_login"  # the login form's CSRF value (double submit: no session yet)
@@ -51,6 +52,8 @@ SECTION_TITLES = {
     "analytics": "Аналитика",
     CENTRES_SECTION: "Сервисные центры (ЦТО)",
     CLIENTS_SECTION: "Клиенты",
+    "notifications": "Уведомления",
+    "subscriptions": "Подписки",
     USERS_SECTION: "Пользователи и группы",
 }
 STATUS_TITLES = {
@@ -78,6 +81,19 @@ APPLICATION_STATUS_TITLES = {
     "overridden": "решена оператором ОФД",
 }
 PAYMENT_TITLES = {0: "Наличные", 1: "Банковская карта", 4: "Мобильный платёж"}
+# A notification's title (ledger/notices.Kind); its text, when it has one, follows a colon.
+NOTICE_TITLES = {
+    Kind.OFFLINE: "ККМ давно не на связи: после 72 часов без связи она заблокируется."
+    " Последняя связь",
+    Kind.Z_MISMATCH: "Z-отчёт ККМ не сходится с данными ОФД, смена",
+    Kind.BLOCKED: "ККМ заблокирована",
+    Kind.UNBLOCKED: "ККМ разблокирована",
+    Kind.KGD_REFUSED: "КГД отклонил заявку по ККМ",
+    Kind.SUBSCRIPTION_ENDING: "Подписка ККМ заканчивается, оплачена по",
+    Kind.SUBSCRIPTION_LAPSED: "Подписка ККМ закончилась и отключена, была оплачена по",
+    Kind.SUBSCRIPTION_RENEWED: "Подписка ККМ продлена автоматически, теперь по",
+    Kind.ANNOUNCEMENT: "Сообщение ОФД",
+}
 # Fixed texts a redirect may name (?done=...): a URL never carries text that the page shows.
 DONE = {
     "saved": "Сохранено.",
@@ -112,6 +128,9 @@ CABINET = web.AppKey("cabinet", Cabinet)
 # Set by the session middleware on every request: None when no live session came with it.
 SESSION: web.RequestKey[Session | None] = web.RequestKey("session")
 ACCESS: web.RequestKey[Access | None] = web.RequestKey("access")
+# Set by cabinet/pages_notices.unread_middleware for a page's menu: how many notifications
+# are unread, as the menu shows it ("" for none).
+UNREAD: web.RequestKey[str] = web.RequestKey("unread")
 
 
 def cabinet(request: web.Request) -> Cabinet:
@@ -168,6 +187,7 @@ def make_templates(language: str) -> jinja2.Environment:
         PAYMENT_TITLES=PAYMENT_TITLES,
         APPLICATION_TITLES=APPLICATION_TITLES,
         APPLICATION_STATUS_TITLES=APPLICATION_STATUS_TITLES,
+        NOTICE_TITLES=NOTICE_TITLES,
     )
     for name, value in list(env.globals.items()):
         if name.endswith("_TITLES") and isinstance(value, dict):
@@ -195,6 +215,7 @@ def render(
             user=None if found is None else found.user,
             csrf="" if session is None else session.csrf_token,
             nav=sections,
+            unread=request.get(UNREAD, ""),
             done=done,
             **context,
         )
