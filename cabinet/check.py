@@ -11,11 +11,11 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
-from cabinet.warehouse import WarehouseUnavailable
+from cabinet.warehouse import WarehouseUnavailable, named_report
 from cabinet.web import cabinet, render
 from ledger import registry
 from ledger.receipt_check import Verdict, parse_check, verdict
-from ledger.warehouse.cabinet_reads import Receipt, matching_receipt
+from ledger.warehouse.cabinet_reads import Receipt, check_params, checked_receipt
 from ledger.wire import KZ_TIME
 
 log = structlog.get_logger(__name__)
@@ -37,12 +37,15 @@ async def check(request: web.Request) -> web.Response:
             device = await registry.device_by_kgd_number(conn, query.kgd_number)
         if device is not None:
             try:
-                found = await context.documents.run(
-                    matching_receipt, device.system_id, query.fiscal_sign, query.total, query.when
+                rows = await context.documents.run(
+                    named_report,
+                    "receipt_check",
+                    check_params(device.system_id, query.fiscal_sign, query.total, query.when),
                 )
             except WarehouseUnavailable as err:
                 log.warning("check_warehouse_unavailable", error=str(err))
                 return render(request, "check.html", status=503, verdict="down", receipt=None)
+            found = checked_receipt(rows)
         # 0: a record from before the journal named the point; nothing to show then.
         if found is not None and found.organization_id and found.trade_point_id:
             async with context.pool.acquire() as conn:

@@ -33,6 +33,18 @@ SCHEMA_RESOURCE = "schema.sql"
 # text, but splitting on a line of its own keeps that assumption out of the parser).
 STATEMENT_SEPARATOR = "\n;\n"
 
+# Views added to the schema after warehouses already held documents. A view sees only what is
+# inserted after it exists, so apply_schema fills its table from `documents` with the view's own
+# SELECT whenever the table is empty (before the loader starts: nothing is inserted meanwhile). A
+# fill cut short by a crash leaves the table part-filled and is not redone: TRUNCATE the table and
+# the next start fills it again.
+BACKFILLED_VIEWS = ("receipt_checks_mv",)
+_VIEW = re.compile(
+    r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (?P<view>[\w.]+) TO (?P<table>[\w.]+) AS\s+"
+    r"(?P<select>.*)$",
+    flags=re.DOTALL,
+)
+
 Row = dict[str, Any]
 GIB = 1 << 30
 MIB = 1 << 20
@@ -199,9 +211,18 @@ def schema_statements(database: str) -> list[str]:
 
 
 def apply_schema(warehouse: Warehouse) -> None:
-    """Creates every table and view that is missing; safe to run on every start."""
-    for statement in schema_statements(warehouse.database):
+    """Creates every table and view that is missing, and fills a backfilled view's empty table
+    from what `documents` already holds; safe to run on every start."""
+    statements = schema_statements(warehouse.database)
+    for statement in statements:
         warehouse.execute(statement)
+    for statement in statements:
+        view = _VIEW.match(statement)
+        if view is None or view["view"].rpartition(".")[2] not in BACKFILLED_VIEWS:
+            continue
+        found = warehouse.select(f"SELECT count() AS n FROM {view['table']}")
+        if not int(found[0]["n"]):
+            warehouse.execute(f"INSERT INTO {view['table']} {view['select']}")
 
 
 def _insert_sql(database: str, table: str, rows: Sequence[Row], token: str) -> str:

@@ -8,15 +8,14 @@ sign is digits only), never as text a caller chose; the reader is an analyst's r
 either way (readonly, limits), so a mistake here could read but never write.
 """
 
-import re
+import calendar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from ledger.warehouse.backends import Reader, Row
-from ledger.warehouse.reports import OFFLINE_MARK, OPERATION_NAMES
+from ledger.warehouse.reports import FISCAL_SIGN, OFFLINE_MARK, OPERATION_NAMES
 
-FISCAL_SIGN = re.compile(r"[0-9]{1,20}")
 COMMAND_TICKET = 1
 MAX_LINES = 10_000  # items per receipt (ledger/ticket_checks.py)
 
@@ -133,19 +132,21 @@ def receipt(reader: Reader, device_id: int, fiscal_sign: str) -> Receipt | None:
     return _one(reader, f"device_id = {int(device_id)} AND fiscal_sign = '{fiscal_sign}'")
 
 
-def matching_receipt(
-    reader: Reader, device_id: int, fiscal_sign: str, total: int, when: datetime
-) -> Receipt | None:
-    """The receipt whose QR code names exactly this sign, total and time, or None: the public
-    check (a near miss is no match; nothing is said of what else the device sent)."""
-    if not FISCAL_SIGN.fullmatch(fiscal_sign):
-        return None
-    moment = when.replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S")
-    return _one(
-        reader,
-        f"device_id = {int(device_id)} AND document_time = toDateTime('{moment}', 'UTC')"
-        f" AND fiscal_sign = '{fiscal_sign}' AND total = {int(total)}",
-    )
+def check_params(device_id: int, fiscal_sign: str, total: int, when: datetime) -> dict[str, Any]:
+    """The parameters of reports.receipt_check_report for what a QR code names (its device found
+    by the KGD number): `when` is the device's naive wall clock, stored as if UTC."""
+    return {
+        "device": device_id,
+        "sign": fiscal_sign,
+        "total": total,
+        "time": calendar.timegm(when.timetuple()),
+    }
+
+
+def checked_receipt(rows: list[Row]) -> Receipt | None:
+    """The receipt reports.receipt_check_report found, or None: the public check (a near miss
+    is no match; nothing is said of what else the device sent)."""
+    return _receipt(rows[0]) if rows else None
 
 
 @dataclass(frozen=True, slots=True)

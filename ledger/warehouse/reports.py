@@ -25,6 +25,8 @@ Named reports take typed parameters and bound ranges, and run through the same r
 reader; their limits are settings, not constants in SQL.
 """
 
+import json
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -36,6 +38,7 @@ MAX_SQL_CHARS = 100_000
 MAX_RESULT_ROWS = 100_000  # a report's rows; an analyst's SQL has QueryLimits.max_rows
 OFFLINE_MARK = "А"  # Cyrillic A: how a cabinet marks a receipt sent offline
 OPERATION_NAMES = ("BUY", "BUY_RETURN", "SELL", "SELL_RETURN")
+FISCAL_SIGN = re.compile(r"[0-9]{1,20}")  # digits only: safe to quote into SQL as it is
 # Statement kinds as EXPLAIN AST names them (its first line's first word).
 READING_STATEMENTS = frozenset(
     {"SelectWithUnionQuery", "ShowTables", "ShowColumns", "DescribeQuery", "Explain"}
@@ -272,12 +275,38 @@ def organization_report(
     )
 
 
+def _whole(params: dict[str, Any], name: str) -> int:
+    try:
+        return int(params[name])
+    except (KeyError, TypeError, ValueError) as err:
+        raise QueryRefused(f"{name}: a whole number is required") from err
+
+
+def receipt_check_report(
+    warehouse: Reader,
+    params: dict[str, Any],
+    limits: ReportLimits,  # noqa: ARG001 (one row at most: nothing to bound)
+) -> list[Row]:
+    """The receipt of device `device` whose QR code names exactly `sign`, `total` (tiyn) and
+    `time` (the device's wall clock as Unix seconds), as the object receipt_checks holds; no row
+    when nothing matches. One point read on receipt_checks: the public check's only query."""
+    sign = str(params.get("sign", ""))
+    if not FISCAL_SIGN.fullmatch(sign):
+        raise QueryRefused("sign: digits only")
+    key = f"{_whole(params, 'device')}:{sign}:{_whole(params, 'total')}:{_whole(params, 'time')}"
+    rows = warehouse.select(
+        f"SELECT receipt FROM {warehouse.database}.receipt_checks WHERE check_key = '{key}' LIMIT 1"
+    )
+    return [json.loads(row["receipt"]) for row in rows]
+
+
 REPORTS = {
     "receipts": receipts_report,
     "zx": zx_report,
     "summary": summary_report,
     "points": points_report,
     "organization": organization_report,
+    "receipt_check": receipt_check_report,
 }
 
 

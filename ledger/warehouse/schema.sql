@@ -156,6 +156,33 @@ ARRAY JOIN tax_type AS tax_type, tax_percent AS percent, tax_turnover AS turnove
            tax_sum AS tax
 WHERE command = 1
 ;
+-- The public receipt check's lookup: one row per receipt, keyed by what its QR code names (the
+-- device, found by the KGD number, then sign, total in tiyn and the device's time as Unix
+-- seconds: `device:sign:total:seconds`), holding everything the check page shows as one JSON
+-- object (cabinet_reads.COLUMNS). One key column and one value column, in small granules and
+-- compression blocks, make a check one point read: a few times cheaper in chDB than the same
+-- filter on `documents` (each column read costs, and its granules hold 8192 rows). A resent
+-- or replayed receipt has the same key and collapses (a check reads one row either way), so this
+-- table needs no deduplication window.
+CREATE TABLE IF NOT EXISTS {db}.receipt_checks
+(
+    check_key String,
+    receipt String
+)
+ENGINE = ReplacingMergeTree
+ORDER BY check_key
+SETTINGS index_granularity = 128, min_compress_block_size = 2048, max_compress_block_size = 4096
+;
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.receipt_checks_mv TO {db}.receipt_checks AS
+SELECT concat(toString(device_id), ':', fiscal_sign, ':', toString(total), ':',
+              toString(toUnixTimestamp(document_time))) AS check_key,
+       formatRowNoNewline('JSONEachRow', device_id, document_id,
+           toString(document_time) AS time, shift_number, printed_number, offline_number,
+           operation, total, fiscal_sign, organization_id, trade_point_id, item_name,
+           item_quantity, item_price, item_sum, item_type, tax_type, tax_percent, tax_turnover,
+           tax_sum, payment_type, payment_sum) AS receipt
+FROM {db}.documents WHERE command = 1
+;
 -- Shift closes with the device's and the OFD's Z reports side by side (flattened to JSON
 -- objects of named numbers) and the reconciliation: the named differences, empty when agreed.
 CREATE TABLE IF NOT EXISTS {db}.shifts
