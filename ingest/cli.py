@@ -48,6 +48,7 @@ from typing import Any
 import uvloop
 
 from cabinet.cli import add_web_commands
+from cabinet.operator_cli import add_operator_commands
 from ingest.app import serve
 from ingest.cli_errors import describe, unexpected
 from ingest.cli_options import (
@@ -559,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_warehouse_commands(sub)
     add_kgd_commands(sub)
     add_web_commands(sub)
+    add_operator_commands(sub)
     spread_global_options(parser)
     return parser
 

@@ -16,6 +16,7 @@ from cabinet_support import PASSWORD, Client, Shop, cabinet_at, client, make_sho
 from conftest import register_device
 
 from ingest.app import RunningGateway
+from ingest.cli import main
 from ledger import alerts, cabinet_users, notices, registry, subscriptions
 from ledger.kgd.applications import ApplicationSettings, ApplicationWorker
 from ledger.kgd.http import HttpKgd, KgdSettings
@@ -398,3 +399,34 @@ async def test_the_subscriptions_page(tmp_path: Path, database_url: str) -> None
     assert not terms[theirs].auto_renew
     assert not terms[foreign].auto_renew
     assert (f"cabinet:{shop.main.login}", "SetAutoRenew") in [(e.actor, e.action) for e in audit]
+
+
+async def test_the_operator_announces_and_sets_a_term_from_the_cli(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = await make_shop(database_url)
+    async with connected(database_url) as conn:
+        system_id = await _device(conn, shop.point.id)
+        await registry.set_subscription(conn, system_id, False)
+    db = ["--database-url", database_url]
+    argv = ["web-notice", "add", "--org", str(shop.organization.id), "--text", "Работы", *db]
+    assert await asyncio.to_thread(main, argv) == 0
+    argv = ["web-notice", "add", "--org", "999999999", "--text", "Работы", *db]
+    assert await asyncio.to_thread(main, argv) == 1
+    argv = ["web-subscription", "set", "--kkm", str(system_id), "--paid-until", "2099-01-31",
+            "--months", "1", "--auto-renew", *db]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr()
+    assert "announced to 1 organization(s)" in out.out
+    assert "paid until 2099-01-31, 1 months, auto-renewal on, subscription on" in out.out
+    assert "no organization 999999999" in out.err
+    async with connected(database_url) as conn:
+        assert [text for _, text in await _org_notices(conn, shop.organization.id)] == ["Работы"]
+
+
+async def _org_notices(conn: asyncpg.Connection, organization_id: int) -> list[tuple[str, str]]:
+    rows = await conn.fetch(
+        "SELECT kind, text FROM cabinet_notices WHERE organization_id = $1 AND system_id IS NULL",
+        organization_id,
+    )
+    return [(row["kind"], row["text"]) for row in rows]
