@@ -12,7 +12,8 @@ forward` run beside them: each register goes from "awaiting registration" to "re
 the KGD accepts its application, and every acknowledged receipt is counted as forwarded to the
 KGD exactly once (`ofd kgd status`). Last, `ofd web` (the cabinet) starts with a demo main
 user, and a customer's check of a receipt by the very QR URL the gateway printed finds it.
-Exits 0 only if every check holds.
+Exits 0 only if every check holds; with --stay the cabinet (and the loader it reads through)
+keeps running for a person to log in, until Ctrl-C.
 """
 
 import argparse
@@ -335,6 +336,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.add_argument(
             flag, type=int, default=0, help=f"{what} (default: {default}, or the next free one)"
         )
+    parser.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the checks, keep the cabinet and the loader running (Ctrl-C stops them)",
+    )
     return parser.parse_args(argv)
 
 
@@ -369,13 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     web_port = args.web_port or _free(WEB_PORT, taken)
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _demo(port, control_port, web_port)
+        return _demo(port, control_port, web_port, stay=args.stay)
     except KeyboardInterrupt:
         print("\ndemo interrupted: every process it started is stopped", file=sys.stderr)
         return 130
 
 
-def _demo(port: int, control_port: int, web_port: int) -> int:
+def _demo(port: int, control_port: int, web_port: int, *, stay: bool = False) -> int:
     if DATA_DIR.exists():
         shutil.rmtree(DATA_DIR)
     DATA_DIR.mkdir()
@@ -427,7 +433,10 @@ def _demo(port: int, control_port: int, web_port: int) -> int:
         web = start_cabinet(web_port)
         started.callback(_end, web)
         ok = check_cabinet(devices, web, web_port) and ok
-    print("\ndemo " + ("passed" if ok else "FAILED"))
+        print("\ndemo " + ("passed" if ok else "FAILED"))
+        if stay and web.poll() is None:
+            print(f"the cabinet stays on http://127.0.0.1:{web_port}; Ctrl-C stops everything")
+            web.wait()
     return 0 if ok else 1
 
 
