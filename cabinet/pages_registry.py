@@ -67,6 +67,7 @@ async def update_organization(request: web.Request) -> web.Response:
         "address": form.get("address", ""),
         "address_kz": form.get("address_kz", ""),
         "oked": form.get("oked", ""),
+        "head": form.get("head", ""),
     }
     try:
         async with cabinet(request).pool.acquire() as conn:
@@ -81,6 +82,7 @@ async def update_organization(request: web.Request) -> web.Response:
                 address=text(form, "address"),
                 address_kz=text(form, "address_kz"),
                 oked=text(form, "oked"),
+                head=text(form, "head"),
             )
     except RegistryError as err:
         return await _organization_page(

@@ -199,6 +199,7 @@ def _org_fields(p: argparse.ArgumentParser) -> None:
     option(p, "--address", default="", help="legal address (Russian)")
     option(p, "--address-kz", default="", help="legal address (Kazakh)")
     option(p, "--oked", default="", help="main activity code (OKED), e.g. 47111")
+    option(p, "--head", default="", help="the name of the organization's head (director)")
 
 
 def _point_fields(p: argparse.ArgumentParser) -> None:
@@ -224,7 +225,12 @@ def add_org_and_point(sub: Any) -> None:
         "add an organization",
         "AddOrganization",
         lambda a: pb.Organization(
-            iin=a.iin, title=a.title, address=a.address, address_kz=a.address_kz, oked=a.oked
+            iin=a.iin,
+            title=a.title,
+            address=a.address,
+            address_kz=a.address_kz,
+            oked=a.oked,
+            head=a.head,
         ),
     )
     option(p, "--iin", type=iin, required=True, help="the taxpayer's 12-digit IIN or BIN")
@@ -232,10 +238,15 @@ def add_org_and_point(sub: Any) -> None:
     p = command(
         org,
         "update",
-        "change an organization's title, addresses and OKED (never its IIN)",
+        "change an organization's title, addresses, OKED and head (never its IIN)",
         "UpdateOrganization",
         lambda a: pb.Organization(
-            id=a.id, title=a.title, address=a.address, address_kz=a.address_kz, oked=a.oked
+            id=a.id,
+            title=a.title,
+            address=a.address,
+            address_kz=a.address_kz,
+            oked=a.oked,
+            head=a.head,
         ),
     )
     option(p, "--id", type=int, required=True, help="organization id")

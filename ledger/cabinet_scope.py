@@ -50,14 +50,29 @@ async def organization(conn: Conn, access: Access) -> registry.Organization:
 
 
 async def update_organization(
-    conn: Conn, access: Access, *, title: str, address: str, address_kz: str, oked: str
+    conn: Conn,
+    access: Access,
+    *,
+    title: str,
+    address: str,
+    address_kz: str,
+    oked: str,
+    head: str,
 ) -> registry.Organization:
-    """The organization's title, addresses and OKED; its IIN never changes."""
+    """The organization's title, addresses, OKED and head; its IIN never changes."""
     require(access, "organization", whole=True)
     async with conn.transaction():
         current = await organization(conn, access)
         updated = await registry.update_organization(
-            conn, replace(current, title=title, address=address, address_kz=address_kz, oked=oked)
+            conn,
+            replace(
+                current,
+                title=title,
+                address=address,
+                address_kz=address_kz,
+                oked=oked,
+                head=head,
+            ),
         )
         await registry.audit(
             conn, actor(access), "UpdateOrganization", None, id=current.id, title=title

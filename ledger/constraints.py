@@ -16,6 +16,7 @@ from ledger.errors import AlreadyExists, InvalidRequest, NotFound, RegistryError
 CHECKS = {
     "organizations_iin_check": "an IIN or BIN is 12 digits",
     "organizations_title_check": "an organization's title must not be empty",
+    "organizations_head_check": "the head's name is at most 200 characters",
     "trade_points_title_check": "a trade point's title must not be empty",
     "trade_points_latitude_check": "latitude is in micro-degrees, 0 to 2147483647",
     "trade_points_longitude_check": "longitude is in micro-degrees, 0 to 2147483647",

@@ -10,7 +10,7 @@ under the device's row lock.
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -45,6 +45,7 @@ class Organization:
     address: str
     address_kz: str
     oked: str
+    head: str = ""  # the name of the organization's head (director), as the taxpayer writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,37 +101,40 @@ def _translate(err: asyncpg.PostgresError) -> RegistryError:
 async def add_organization(conn: Conn, org: Organization) -> Organization:
     try:
         row = await conn.fetchrow(
-            "INSERT INTO organizations (iin, title, address, address_kz, oked)"
-            " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO organizations (iin, title, address, address_kz, oked, head)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             org.iin,
             org.title,
             org.address,
             org.address_kz,
             org.oked,
+            org.head,
         )
     except asyncpg.PostgresError as err:
         raise _translate(err) from err
     assert row is not None
-    return Organization(row["id"], org.iin, org.title, org.address, org.address_kz, org.oked)
+    return replace(org, id=row["id"])
 
 
-ORGANIZATION_COLUMNS = "id, iin, title, address, address_kz, oked"
+ORGANIZATION_COLUMNS = "id, iin, title, address, address_kz, oked, head"
 TRADE_POINT_COLUMNS = "id, organization_id, title, address, address_kz, latitude, longitude"
 
 
 async def update_organization(conn: Conn, org: Organization) -> Organization:
-    """Changes an organization's title, addresses and OKED; its IIN, the taxpayer the
+    """Changes an organization's title, addresses, OKED and head; its IIN, the taxpayer the
     organization is, never changes (another taxpayer is another organization)."""
     async with conn.transaction():
         try:
             row = await conn.fetchrow(
-                "UPDATE organizations SET title = $2, address = $3, address_kz = $4, oked = $5"
+                "UPDATE organizations"
+                " SET title = $2, address = $3, address_kz = $4, oked = $5, head = $6"
                 f" WHERE id = $1 RETURNING {ORGANIZATION_COLUMNS}",
                 org.id,
                 org.title,
                 org.address,
                 org.address_kz,
                 org.oked,
+                org.head,
             )
         except asyncpg.PostgresError as err:
             raise _translate(err) from err

@@ -116,19 +116,24 @@ async def test_organization_is_edited_but_its_iin_never_changes(
     async with signed_in(tmp_path, database_url, shop.main.login) as (_, browser):
         await browser.get("/organization")
         fields = {"title": "ТОО Жаңа", "address": "Астана", "address_kz": "Астана қ.",
-                  "oked": "47190"}  # fmt: skip
+                  "oked": "47190", "head": "Айгүл Сейітова"}  # fmt: skip
         page = await browser.post("/organization", fields)
         assert page.status == 200
         assert "Сохранено" in page.text
         assert "ТОО Жаңа" in page.text
+        assert 'name="head" value="Айгүл Сейітова"' in page.text
         page = await browser.post("/organization", {**fields, "iin": "999999999999"})
         assert page.status == 400
+        page = await browser.post("/organization", {**fields, "head": "Ә" * 201})
+        assert page.status == 400  # the head's name is bounded: refused, the form kept
+        assert "at most 200 characters" in page.text
         conn = await asyncpg.connect(database_url)
         try:
             [org] = await registry.list_organizations(conn, organization_id=shop.organization.id)
         finally:
             await conn.close()
         assert (org.iin, org.title, org.oked) == (shop.organization.iin, "ТОО Жаңа", "47190")
+        assert org.head == "Айгүл Сейітова"
 
 
 async def test_trade_points_are_added_edited_and_deleted_when_empty(
@@ -339,7 +344,7 @@ async def test_markup_and_sql_in_every_text_field_are_shown_as_text(
     async with signed_in(tmp_path, database_url, shop.main.login) as (_, browser):
         pages = []
         await browser.get("/organization")
-        fields = dict.fromkeys(("title", "address", "address_kz", "oked"), HOSTILE)
+        fields = dict.fromkeys(("title", "address", "address_kz", "oked", "head"), HOSTILE)
         pages.append(await browser.post("/organization", fields))
         await browser.get("/points")
         point_fields = dict.fromkeys(("title", "address", "address_kz"), HOSTILE)

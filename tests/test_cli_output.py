@@ -33,7 +33,7 @@ async def as_json(ofd: Ofd, *argv: str) -> Any:  # noqa: F811
 
 async def registry(ofd: Ofd) -> None:  # noqa: F811
     await ofd.ok("org", "add", "--iin", IIN, "--title", "ТОО Дүкен", "--address",
-                 "Алматы, Абай 10", "--oked", "47111")  # fmt: skip
+                 "Алматы, Абай 10", "--oked", "47111", "--head", "Айгүл Сейітова")  # fmt: skip
     await ofd.ok("point", "add", "--org", "1", "--title", "Дүкен №1", "--lat", "43238949",
                  "--lon", "76889709")  # fmt: skip
     await ofd.ok("kkm", "add", "--point", "1", "--kgd", "640300014538", "--serial", "SN-1",
@@ -66,6 +66,7 @@ async def test_organization_and_point_lists(ofd: Ofd) -> None:  # noqa: F811
                 "address": "Алматы, Абай 10",
                 "address_kz": "",
                 "oked": "47111",
+                "head": "Айгүл Сейітова",
             }
         ]
     }

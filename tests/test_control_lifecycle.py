@@ -272,9 +272,10 @@ async def test_organizations_and_points_are_listed_and_changed_in_scope(
     assert ids(await ofd.ok("point", "list", key=org_key), "trade_points") == [point_a]
     renamed = await ofd.ok(
         "org", "update", "--id", str(org_a), "--title", "ТОО Жаңа", "--address", "Алматы, Абай 10",
-        key=org_key,
+        "--head", "Айгүл Сейітова", key=org_key,
     )  # fmt: skip
     assert (renamed["title"], renamed["iin"]) == ("ТОО Жаңа", iin)
+    assert renamed["head"] == "Айгүл Сейітова"
     # The device is told its organization's new facts at once, whatever the gateway cached.
     till.request_number += 1
     system = encode(204, system_id, till.token, till.request_number,

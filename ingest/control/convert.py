@@ -51,6 +51,7 @@ def organization_pb(org: registry.Organization) -> pb.Organization:
         address=org.address,
         address_kz=org.address_kz,
         oked=org.oked,
+        head=org.head,
     )
 
 

@@ -147,7 +147,9 @@ class ControlService:
 
     async def AddOrganization(self, req: pb.Organization, caller: Caller) -> pb.Organization:  # noqa: N802
         self._module(caller, "admin")
-        org = registry.Organization(0, req.iin, req.title, req.address, req.address_kz, req.oked)
+        org = registry.Organization(
+            0, req.iin, req.title, req.address, req.address_kz, req.oked, req.head
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             added = await registry.add_organization(conn, org)
             await registry.audit(conn, caller.name, "AddOrganization", None, id=added.id)
@@ -159,7 +161,9 @@ class ControlService:
         self._own_organization(
             caller, "organization", req.id, f"change organization {req.id}", whole=True
         )
-        org = registry.Organization(req.id, "", req.title, req.address, req.address_kz, req.oked)
+        org = registry.Organization(
+            req.id, "", req.title, req.address, req.address_kz, req.oked, req.head
+        )
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 current = (await registry.list_organizations(conn, organization_id=req.id))[:1]

@@ -32,20 +32,22 @@ ROLE_ORGANIZATION: Role
 ROLE_SERVICE_CENTRE: Role
 
 class Organization(_message.Message):
-    __slots__ = ("id", "iin", "title", "address", "address_kz", "oked")
+    __slots__ = ("id", "iin", "title", "address", "address_kz", "oked", "head")
     ID_FIELD_NUMBER: _ClassVar[int]
     IIN_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_KZ_FIELD_NUMBER: _ClassVar[int]
     OKED_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     id: int
     iin: str
     title: str
     address: str
     address_kz: str
     oked: str
-    def __init__(self, id: _Optional[int] = ..., iin: _Optional[str] = ..., title: _Optional[str] = ..., address: _Optional[str] = ..., address_kz: _Optional[str] = ..., oked: _Optional[str] = ...) -> None: ...
+    head: str
+    def __init__(self, id: _Optional[int] = ..., iin: _Optional[str] = ..., title: _Optional[str] = ..., address: _Optional[str] = ..., address_kz: _Optional[str] = ..., oked: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class TradePoint(_message.Message):
     __slots__ = ("id", "organization_id", "title", "address", "address_kz", "latitude", "longitude")
