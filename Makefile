@@ -81,6 +81,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cost_model
 	$(BIN)/python -m benchmarks.warehouse
 	$(BIN)/python -m benchmarks.kgd_forwarding
+	$(BIN)/python -m benchmarks.cabinet_check
 	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.summary
 

@@ -2,8 +2,8 @@
 
     python -m benchmarks.summary [--results bench-results] [--out bench-results/summary.json]
 
-Reads what the earlier steps wrote (ingest, scale, scale-kafka, warehouse, cost_model, capacity),
-prints one block per file and writes the same numbers as JSON. A file that is missing is named as
+Reads what the earlier steps wrote (ingest, scale, scale-kafka, warehouse, cabinet, cost_model,
+capacity), prints one block per file and writes the same numbers as JSON. A file that is missing is named as
 missing, and one whose run was invalid (answers that were not OK, or lost) is flagged; the exit
 code is 1 when any is, so `make bench` fails rather than summarising a run that measured something
 else.
@@ -132,6 +132,23 @@ def _capacity(doc: dict[str, Any]) -> Headline:
     return numbers, lines
 
 
+def _cabinet(doc: dict[str, Any]) -> Headline:
+    check, pages = doc["check"], doc["pages"]
+    numbers = {
+        "checks_per_s": check["per_s"],
+        "check_p99_ms": check["latency_ms"]["p99"],
+        "ratio_to_floor": check["ratio_to_floor"],
+        "page_p95_ms": {name: t["p95_ms"] for name, t in pages.items()},
+    }
+    worst = max(pages.items(), key=lambda item: item[1]["p95_ms"])
+    lines = [
+        f"  check {numbers['checks_per_s']:,} /s over {doc['config']['receipts']:,} receipts,"
+        f" p99 {numbers['check_p99_ms']:.1f} ms (floor ratio {numbers['ratio_to_floor']:.3f});"
+        f" slowest page p95 {worst[1]['p95_ms']:.0f} ms ({worst[0]})"
+    ]
+    return numbers, lines
+
+
 # File stem -> (title, what to take from it). benchmarks.layers and benchmarks.kafka_producer
 # print their own tables; their per-layer numbers feed the cost model, summarised here.
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Headline]]] = {
@@ -140,6 +157,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], Headline]]] = {
     "scale-kafka": ("scale curve, persistent connections, Kafka journal (Apache Kafka) + "
                     "PostgreSQL", _scale),
     "warehouse": ("warehouse loader", _warehouse),
+    "cabinet": ("public receipt check and cabinet pages (benchmarks.cabinet_check)", _cabinet),
     "cost_model": ("cost model", _cost_model),
     "capacity": ("capacity model (benchmarks.capacity)", _capacity),
 }  # fmt: skip
