@@ -11,6 +11,7 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
+from cabinet.client_address import client_of
 from cabinet.warehouse import WarehouseUnavailable, named_report
 from cabinet.web import cabinet, render
 from ledger import registry
@@ -23,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 async def check(request: web.Request) -> web.Response:
     context = cabinet(request)
-    peer = request.remote or "unknown"
+    peer = client_of(request)
     if context.check_misses.over_budget(peer):
         return render(request, "check.html", status=429, verdict="limited", receipt=None)
     query = parse_check(request.query)

@@ -2,6 +2,7 @@
 organization's main user, made by the operator).
 
 ofd web [--web-host H] [--web-port P] [--qr-base-url URL] [--database-url DSN] [--data-dir D]
+        [--trusted-proxy ADDRESSES]
 ofd web-user add --org ID --login L [--main] [--name ...] < password   (one line on stdin)
 """
 
@@ -17,6 +18,7 @@ import asyncpg
 import uvloop
 
 from cabinet.app import serve_web
+from cabinet.client_address import trusted_networks
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
 from ingest.cli_options import add_log_level, option
 from ingest.limits import FailureBudget
@@ -42,6 +44,7 @@ def _settings(args: argparse.Namespace) -> WebSettings:
         secure_cookie=args.secure_cookie,
         login_failures=FailureBudget(args.login_failures, 60.0),
         check_pending=timedelta(minutes=args.check_pending_minutes),
+        trusted_proxies=args.trusted_proxy,
     )
 
 
@@ -168,6 +171,16 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         env="OFD_WEB_LOGIN_FAILURES",
         default=DEFAULT_LOGIN_FAILURES.failures,
         help="failed logins one address may have per minute",
+    )
+    option(
+        web,
+        "--trusted-proxy",
+        type=trusted_networks,
+        env="OFD_WEB_TRUSTED_PROXY",
+        default=(),
+        metavar="ADDRESSES",
+        help="proxies (addresses or CIDRs, comma-separated) whose X-Forwarded-For names the"
+        " client the login and check limits count; others' header is ignored",
     )
     option(
         web,

@@ -4,9 +4,10 @@
   is 32 random bytes, of which PostgreSQL keeps the SHA-256 (ledger/cabinet_sessions.py).
 - Every POST but the login's carries the session's CSRF token; the login form carries a value
   that must equal its own cookie's (double submit), so no other site can log a browser in.
-- Failed logins are counted per address (ingest/limits.FailureLimiter); past the budget the
-  address is refused with 429 before any password is checked. Checks run scrypt in a worker
-  thread, a few at once, and a bounded queue behind them (503 past it).
+- Failed logins are counted per address (ingest/limits.FailureLimiter; behind a trusted proxy
+  the address cabinet/client_address.py finds); past the budget the address is refused with
+  429 before any password is checked. Checks run scrypt in a worker thread, a few at once,
+  and a bounded queue behind them (503 past it).
 - Every answer forbids framing, sniffing, any script, and the referrer to other sites.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from cabinet.client_address import client_of
 from cabinet.web import (
     ACCESS,
     COOKIE,
@@ -109,7 +111,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         if not isinstance(presented, str) or not hmac.compare_digest(
             presented.encode(), expected.encode()
         ):
-            log.warning("cabinet_csrf_refused", path=request.path, peer=request.remote)
+            log.warning("cabinet_csrf_refused", path=request.path, peer=client_of(request))
             return error_page(request, 403, "Форма устарела или не ваша: откройте страницу снова.")
     return await handler(request)
 
@@ -170,7 +172,7 @@ async def login(request: web.Request) -> web.Response:
         or not hmac.compare_digest(presented.encode(), expected.encode())
     ):
         return await login_form(request, status=403, error="Форма устарела: войдите снова.")
-    peer = request.remote or "unknown"
+    peer = client_of(request)
     if context.login_failures.over_budget(peer):
         log.warning("cabinet_login_limited", peer=peer)
         return await login_form(

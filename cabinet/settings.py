@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from ingest.limits import FailureBudget
@@ -40,6 +41,9 @@ class WebSettings:
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     login_failures: FailureBudget = DEFAULT_LOGIN_FAILURES
     check_misses: FailureBudget = DEFAULT_CHECK_MISSES
+    # Proxies whose X-Forwarded-For names the client (cabinet/client_address.py); none: the
+    # limits count the TCP peer and the header is ignored.
+    trusted_proxies: tuple[Network, ...] = ()
     # How long after its printed time a receipt not yet in the warehouse is "not yet received"
     # rather than "no such receipt": offline registers send theirs when they reconnect.
     check_pending: timedelta = timedelta(minutes=15)
