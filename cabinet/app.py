@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 POOL_SIZE = 8
 STATIC = __file__.rsplit("/", 1)[0] + "/static"
 ID = r"{id:\d{1,10}}"  # ids are digits only: anything else is no page (404) before any handler
+SIGN = r"{sign:\d{1,20}}"  # a fiscal sign, digits only as ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +107,13 @@ def build_app(context: Cabinet) -> web.Application:
     app.router.add_post(f"/kkm/{ID}/token", r.get_token)
     app.router.add_post(f"/kkm/{ID}/token/new", r.issue_token)
     app.router.add_get(f"/kkm/{ID}/receipts", pages_documents.receipts)
-    app.router.add_get(f"/kkm/{ID}/receipts/{{sign:\\d{{1,20}}}}", pages_documents.one_receipt)
+    app.router.add_get(f"/kkm/{ID}/receipts/{SIGN}", pages_documents.one_receipt)
+    app.router.add_get(f"/kkm/{ID}/receipts/{SIGN}.zip", pages_documents.receipt_zip)
     app.router.add_get(f"/kkm/{ID}/receipts.csv", pages_documents.receipts_csv)
+    app.router.add_get(f"/kkm/{ID}/receipts.zip", pages_documents.receipts_zip)
     app.router.add_get(f"/kkm/{ID}/reports", pages_documents.reports)
     app.router.add_get(f"/kkm/{ID}/reports.csv", pages_documents.reports_csv)
+    app.router.add_get(f"/kkm/{ID}/reports.zip", pages_documents.reports_zip)
     app.router.add_get("/analytics", pages_analytics.analytics)
     app.router.add_get("/users", pages_users.show_users)
     app.router.add_post("/users", pages_users.add_user)

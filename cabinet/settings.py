@@ -50,6 +50,9 @@ class WebSettings:
     report_limits: ReportLimits = field(default_factory=ReportLimits)
     # Warehouse reads at once (each in a worker thread); more wait.
     warehouse_concurrency: int = 4
+    # Documents an archive download reads from the warehouse at once, and so what it holds in
+    # memory however long its period (a receipt in full is some kilobytes).
+    archive_batch: int = 200
     # Password checks at once (scrypt: 16 MiB each, tens of ms); more wait, up to kdf_queue.
     kdf_concurrency: int = 2
     kdf_queue: int = 32
@@ -61,6 +64,8 @@ class WebSettings:
             raise ValueError(f"web port {self.port} is not a port")
         if min(self.warehouse_concurrency, self.kdf_concurrency, self.kdf_queue) < 1:
             raise ValueError("concurrency limits must be at least 1")
+        if self.archive_batch < 1:
+            raise ValueError("an archive batch is at least 1 document")
         self.mqtt()  # a bad MQTT URL is refused here, before any database is opened
 
     def mqtt(self) -> MqttSettings | None:

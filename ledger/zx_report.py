@@ -11,9 +11,12 @@ Comparing flattens both reports into named values ("ticket_operations[SELL].tick
 reports every name whose values differ. Entries a report leaves out count as zero, so a device
 that lists an unused operation with zeros matches one that omits it; an optional field a 2.0.3
 device did not send is not compared. The report's own time, close time and checksum are not
-compared: they describe the printout, not the shift.
+compared: they describe the printout, not the shift. `side_by_side` is the same comparison
+field by field, both values shown (the cabinet's reports page, from the warehouse's flattened
+copies).
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
 from typing import Any
@@ -261,16 +264,50 @@ def flatten(zx: Any) -> dict[str, Value]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class FieldPair:
+    """One named value of two flattened reports, the device's beside the OFD's."""
+
+    name: str
+    device: Value  # None: the device's report does not state it
+    ofd: Value
+    differs: bool  # by compare's rule: absent counts as zero, an unstated optional is not compared
+    money: bool  # tiyn; else a count, a number or a time
+
+
+def is_money(name: str) -> bool:
+    """Whether a flattened report's value named `name` is money (tiyn)."""
+    last = name.rsplit(".", 1)[-1]
+    return last.endswith(("sum", "turnover", "turnover_without_tax")) or name.startswith(
+        ("non_nullable_sums", "start_shift_non_nullable_sums", "revenue")
+    )
+
+
+def side_by_side(device: dict[str, Value], ofd: dict[str, Value]) -> list[FieldPair]:
+    """Every name either flattened report states, sorted, with both values and whether they
+    differ: the device's Z beside the OFD's, field by field."""
+    pairs = []
+    for key in sorted(device.keys() | ofd.keys()):
+        device_value, ofd_value = device.get(key, 0), ofd.get(key, 0)
+        compared = device_value is not None and ofd_value is not None  # an unstated optional
+        if key == "open_shift_time" and (key not in device or key not in ofd):
+            compared = False
+        pairs.append(
+            FieldPair(
+                key,
+                device.get(key),
+                ofd.get(key),
+                compared and device_value != ofd_value,
+                is_money(key),
+            )
+        )
+    return pairs
+
+
 def compare(device: Any, ofd: Any) -> list[str]:
     """Named differences between a device's ZXReport and the OFD's, sorted; empty: they agree."""
-    theirs, ours = flatten(device), flatten(ofd)
-    differences = []
-    for key in sorted(theirs.keys() | ours.keys()):
-        device_value, ofd_value = theirs.get(key, 0), ours.get(key, 0)
-        if device_value is None or ofd_value is None:
-            continue  # an optional field one side did not state
-        if key == "open_shift_time" and (key not in theirs or key not in ours):
-            continue
-        if device_value != ofd_value:
-            differences.append(f"{key}: device {device_value}, ofd {ofd_value}")
-    return differences
+    return [
+        f"{pair.name}: device {pair.device or 0}, ofd {pair.ofd or 0}"
+        for pair in side_by_side(flatten(device), flatten(ofd))
+        if pair.differs
+    ]

@@ -1,5 +1,6 @@
 """The cabinet's reads of one receipt (in full for its owner, and the public check behind the QR
-code) and of a period's breakdown for its analytics. Lists of receipts, X/Z reports and the
+code), a period's receipts in full a batch at a time (archives), a period's X/Z reports beside
+the OFD's, and a period's breakdown for its analytics. Lists of receipts, X/Z reports and the
 daily summary are reports.receipts_report, zx_report and summary_report, the same reports
 `ofd report` prints.
 
@@ -9,15 +10,19 @@ either way (readonly, limits), so a mistake here could read but never write.
 """
 
 import calendar
+import json
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from ledger.warehouse.backends import Reader, Row
-from ledger.warehouse.reports import FISCAL_SIGN, OFFLINE_MARK, OPERATION_NAMES
+from ledger.warehouse.reports import FISCAL_SIGN, OFFLINE_MARK, OPERATION_NAMES, REPORT_KIND
+from ledger.zx_report import FieldPair, Value, side_by_side
 
 COMMAND_TICKET = 1
 MAX_LINES = 10_000  # items per receipt (ledger/ticket_checks.py)
+DOCUMENT_ID = re.compile(r"[0-9A-Za-z/_.:-]{1,200}")  # ledger/warehouse/rows.document_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,99 @@ def checked_receipt(rows: list[Row]) -> Receipt | None:
     """The receipt reports.receipt_check_report found, or None: the public check (a near miss
     is no match; nothing is said of what else the device sent)."""
     return _receipt(rows[0]) if rows else None
+
+
+def receipts_by_sign(
+    reader: Reader, device_id: int, signs: list[str], first: str, last: str
+) -> list[Receipt]:
+    """A device's receipts with these fiscal signs, made between the times `first` and `last`
+    (inclusive; a list's rows, so the read touches that slice of the device's documents only),
+    in order of time: a period's receipts in full, a batch at a time. Signs that are not digits
+    are skipped; a time that is not one is ValueError."""
+    listed = ",".join(f"'{sign}'" for sign in signs if FISCAL_SIGN.fullmatch(sign)) or "''"
+    rows = reader.select(
+        f"SELECT {COLUMNS} FROM {reader.database}.documents"
+        f" WHERE command = {COMMAND_TICKET} AND device_id = {int(device_id)}"
+        f" AND document_time BETWEEN {_moment(first)} AND {_moment(last)}"
+        f" AND fiscal_sign IN ({listed})"
+        " ORDER BY document_time, printed_number LIMIT 1 BY fiscal_sign"
+    )
+    return [_receipt(row) for row in rows]
+
+
+def _moment(text: str) -> str:
+    """A warehouse time as SQL, once it is shown to be one."""
+    when = datetime.fromisoformat(str(text)).replace(microsecond=0, tzinfo=None)
+    return f"toDateTime('{when.strftime('%Y-%m-%d %H:%M:%S')}', 'UTC')"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportBeside:
+    """A Z or X report: the register's beside the OFD's, field by field."""
+
+    document_id: str
+    time: str  # the device's wall clock (UTC+5), as printed
+    kind: str  # as reports.zx_report names it: "Z" (a shift closed), "Z (request)" or "X"
+    shift_number: int
+    offline: bool
+    device_sent: bool  # a 2.0.3 register may close a shift without a Z of its own
+    fields: tuple[FieldPair, ...]
+
+    @property
+    def differs(self) -> bool:
+        return any(pair.differs for pair in self.fields)
+
+
+def _flattened(text: Any) -> dict[str, Value]:
+    loaded = json.loads(str(text)) if text else {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def reports_beside(
+    reader: Reader,
+    device_id: int,
+    start: date,
+    end: date,
+    *,
+    limit: int,
+    after: tuple[str, str] | None = None,
+) -> list[ReportBeside]:
+    """A device's X and Z reports of a period the caller has already bounded (the reports
+    list's limits), in order of time, at most `limit`, after `after` (the previous batch's last
+    (time, document_id)). Integers, dates and checked values only enter the SQL."""
+    db, device = reader.database, int(device_id)
+    since, before = f"'{start.isoformat()}'", f"'{(end + timedelta(days=1)).isoformat()}'"
+    following = ""
+    if after is not None:
+        if not DOCUMENT_ID.fullmatch(after[1]):
+            raise ValueError(f"{after[1]!r} is not a document id")
+        following = f" WHERE (time, document_id) > ({_moment(after[0])}, '{after[1]}')"
+    rows = reader.select(
+        "SELECT document_id, toString(time) AS time, kind, shift, offline, device_z, ofd_z FROM ("
+        " SELECT document_id, close_time AS time, 'Z' AS kind, shift_number AS shift, offline,"
+        "  device_z, ofd_z"
+        f"  FROM {db}.shifts WHERE device_id = {device}"
+        f"  AND close_time >= {since} AND close_time < {before}"
+        " UNION ALL"
+        f" SELECT document_id, report_time AS time, {REPORT_KIND} AS kind,"
+        "  shift_number AS shift, toUInt8(0) AS offline,"
+        "  device_report AS device_z, ofd_report AS ofd_z"
+        f"  FROM {db}.reports WHERE device_id = {device}"
+        f"  AND report_time >= {since} AND report_time < {before}"
+        f"){following} ORDER BY time, document_id LIMIT {int(limit)}"
+    )
+    return [
+        ReportBeside(
+            document_id=str(row["document_id"]),
+            time=str(row["time"]),
+            kind=str(row["kind"]),
+            shift_number=int(row["shift"]),
+            offline=bool(int(row["offline"])),
+            device_sent=bool(row["device_z"]),
+            fields=tuple(side_by_side(_flattened(row["device_z"]), _flattened(row["ofd_z"]))),
+        )
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ MAX_RESULT_ROWS = 100_000  # a report's rows; an analyst's SQL has QueryLimits.m
 OFFLINE_MARK = "А"  # Cyrillic A: how a cabinet marks a receipt sent offline
 OPERATION_NAMES = ("BUY", "BUY_RETURN", "SELL", "SELL_RETURN")
 FISCAL_SIGN = re.compile(r"[0-9]{1,20}")  # digits only: safe to quote into SQL as it is
+# A REPORT's kind as every list of X/Z reports names it (a closed shift's Z is 'Z').
+REPORT_KIND = "if(report_type = 0, 'Z (request)', 'X')"
 # Statement kinds as EXPLAIN AST names them (its first line's first word).
 READING_STATEMENTS = frozenset(
     {"SelectWithUnionQuery", "ShowTables", "ShowColumns", "DescribeQuery", "Explain"}
@@ -199,7 +201,7 @@ def zx_report(warehouse: Reader, params: dict[str, Any], limits: ReportLimits) -
         f"  FROM {db}.shifts WHERE device_id = {device}"
         f"  AND close_time >= {after} AND close_time < {before}"
         " UNION ALL"
-        " SELECT report_time AS time, if(report_type = 0, 'Z (request)', 'X') AS kind,"
+        f" SELECT report_time AS time, {REPORT_KIND} AS kind,"
         "  shift_number AS shift, 0 AS offline, '' AS reconciled, '' AS differences"
         f"  FROM {db}.reports WHERE device_id = {device}"
         f"  AND report_time >= {after} AND report_time < {before}"
