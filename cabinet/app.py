@@ -14,10 +14,13 @@ from aiohttp import web
 from cabinet import (
     check,
     pages_analytics,
+    pages_applications,
     pages_centres,
     pages_documents,
+    pages_language,
     pages_notices,
     pages_registry,
+    pages_signup,
     pages_subscriptions,
     pages_users,
     security,

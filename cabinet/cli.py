@@ -19,7 +19,7 @@ import uvloop
 
 from cabinet.app import serve_web
 from cabinet.client_address import trusted_networks
-from cabinet.settings import DEFAULT_LOGIN_FAILURES, WebSettings
+from cabinet.settings import DEFAULT_LOGIN_FAILURES, DEFAULT_SIGNUP_STARTS, WebSettings
 from ingest.cli_options import add_log_level, option
 from ingest.limits import FailureBudget
 from ingest.process import start_process
@@ -45,6 +45,8 @@ def _settings(args: argparse.Namespace) -> WebSettings:
         login_failures=FailureBudget(args.login_failures, 60.0),
         check_pending=timedelta(minutes=args.check_pending_minutes),
         trusted_proxies=args.trusted_proxy,
+        mqtt_url=args.mqtt_url or None,
+        signup_starts=FailureBudget(args.signup_starts, 3600.0),
     )
 
 
@@ -136,13 +138,6 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     )
     option(
         web,
-        "--clickhouse-url",
-        env="CLICKHOUSE_URL",
-        default="",
-        help="a ClickHouse server (empty: the `ofd load` query service of DATA_DIR)",
-    )
-    option(
-        web,
         "--mqtt-url",
         env="OFD_MQTT_URL",
         default="",
@@ -156,6 +151,13 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         type=int,
         default=DEFAULT_SIGNUP_STARTS.failures,
         help="sign-ups one address may start per hour",
+    )
+    option(
+        web,
+        "--clickhouse-url",
+        env="CLICKHOUSE_URL",
+        default="",
+        help="a ClickHouse server (empty: the `ofd load` query service of DATA_DIR)",
     )
     option(
         web,

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from cabinet.client_address import client_of
 from cabinet.web import (
@@ -165,12 +166,7 @@ async def show_login(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     context = cabinet(request)
     form = await request.post()
-    presented, expected = form.get("login_csrf", ""), request.cookies.get(LOGIN_COOKIE, "")
-    if (
-        not isinstance(presented, str)
-        or not expected
-        or not hmac.compare_digest(presented.encode(), expected.encode())
-    ):
+    if not public_form_posted(request, form):
         return await login_form(request, status=403, error="Форма устарела: войдите снова.")
     peer = client_of(request)
     if context.login_failures.over_budget(peer):

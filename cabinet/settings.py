@@ -41,6 +41,10 @@ class WebSettings:
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     login_failures: FailureBudget = DEFAULT_LOGIN_FAILURES
     check_misses: FailureBudget = DEFAULT_CHECK_MISSES
+    signup_starts: FailureBudget = DEFAULT_SIGNUP_STARTS
+    # The notification channel one-time codes go out on (cabinet/codes.py), mqtt://host:1883;
+    # None: no codes can be sent, and sign-up is closed.
+    mqtt_url: str | None = None
     # Proxies whose X-Forwarded-For names the client (cabinet/client_address.py); none: the
     # limits count the TCP peer and the header is ignored.
     trusted_proxies: tuple[Network, ...] = ()

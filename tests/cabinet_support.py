@@ -212,15 +212,21 @@ async def sell(gateway: RunningGateway, system_id: int, token: int) -> Sold:
 
 
 @asynccontextmanager
-async def chromium_page() -> AsyncIterator[Any]:
-    """A page of Debian's Chromium, headless, driven by Playwright (imported here: only the
-    browser tests need it)."""
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (imported here: only the browser tests
+    need it). Each `new_page(browser)` is a person of their own: own cookies, own session."""
     from playwright.async_api import async_playwright  # noqa: PLC0415
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1200, "height": 900}, locale="ru-RU")
-            yield page
+            yield browser
         finally:
             await browser.close()
+
+
+async def new_page(browser: Any) -> Any:
+    context = await browser.new_context(
+        viewport={"width": 1200, "height": 900}, locale="ru-RU", accept_downloads=True
+    )
+    return await context.new_page()
