@@ -157,7 +157,9 @@ async def test_trade_points_are_added_edited_and_deleted_when_empty(
         second = next(p for p in points if p.title == "Дүкен №2")
         assert (second.latitude, second.longitude) == (43_250_000, 76_950_000)
         base = f"/points/{second.id}"
-        await browser.get(base)
+        shown = await browser.get(base)
+        # Its place on a map, in degrees (the registry's micro-degrees never reach a URL).
+        assert "openstreetmap.org/?mlat=43.250000&amp;mlon=76.950000" in shown.text
         moved = {"title": "Дүкен №2", "latitude": "43.26", "longitude": "76.95"}
         assert (await browser.post(base, moved)).status == 200
         # Coordinates change at most once a day (registry.update_trade_point's rule).
