@@ -167,7 +167,8 @@ class Addresses:
 
     def take(self) -> str:
         n, self._next = self._next, self._next + 1
-        return f"127.{1 + n // 65536}.{n // 256 % 256}.{n % 256 or 1}"
+        # Octets 1..254 only: an address is never handed out twice.
+        return f"127.{1 + n // 254**2}.{1 + n // 254 % 254}.{1 + n % 254}"
 
 
 async def _connection(
@@ -184,7 +185,9 @@ async def _connection(
             "127.0.0.1", port, local_addr=(addresses.take(), 0)
         )
         try:
-            for _ in range(MISSES_PER_ADDRESS * 2):  # half of them misses at most
+            # Connections take turns on one stream of alternating hits and misses, so one of
+            # them may get misses only: an address carries no more requests than its misses may.
+            for _ in range(MISSES_PER_ADDRESS):
                 if time.monotonic() >= until:
                     return
                 request, marker = next(requests)
