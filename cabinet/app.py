@@ -29,7 +29,14 @@ from cabinet.codes import MqttCodes
 from cabinet.i18n import LANGUAGES
 from cabinet.settings import WEB_ID, WebSettings
 from cabinet.warehouse import Documents, WarehouseUnavailable, reader_for
-from cabinet.web import CABINET, Cabinet, error_page, error_status, make_templates
+from cabinet.web import (
+    CABINET,
+    Cabinet,
+    ServerBusy,
+    error_page,
+    error_status,
+    make_templates,
+)
 from ingest.limits import FailureLimiter
 from ingest.notifications import Notifier
 from ledger.embedded_pg import start_embedded_postgres
@@ -67,6 +74,9 @@ async def errors_middleware(request: web.Request, handler: security.Handler) -> 
     except WarehouseUnavailable as err:
         log.warning("cabinet_warehouse_unavailable", error=str(err))
         return error_page(request, 503, "Хранилище документов сейчас недоступно.")
+    except ServerBusy:
+        log.warning("cabinet_kdf_queue_full", path=request.path)
+        return error_page(request, 503, "Сервер занят. Попробуйте через минуту.")
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 
 from cabinet.client_address import client_of
 from cabinet.security import public_form, public_form_posted
-from cabinet.web import cabinet, redirect, text
+from cabinet.web import cabinet, kdf_turn, redirect, text
 from ledger import cabinet_signup
 from ledger.errors import InvalidRequest, NotFound, RegistryError
 
@@ -66,7 +66,7 @@ async def start_signup(request: web.Request) -> web.Response:
         wanted = _signup_form(form)
         if not isinstance(password, str):
             raise InvalidRequest("password: text expected")
-        async with context.kdf, context.pool.acquire() as conn:
+        async with kdf_turn(context), context.pool.acquire() as conn:
             started = await cabinet_signup.start(conn, wanted, password)
     except RegistryError as err:
         return public_form(

@@ -5,7 +5,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cabinet.web import access, cabinet, error_status, ids, redirect, render, text
+from cabinet.web import access, cabinet, error_status, ids, kdf_turn, redirect, render, text
 from ledger import cabinet_scope as scope
 from ledger import cabinet_users as users
 from ledger.errors import InvalidRequest, RegistryError
@@ -52,7 +52,8 @@ async def add_user(request: web.Request) -> web.Response:
             raise InvalidRequest("password: text expected")
         login = text(form, "login", required=True)
         groups = ids(form, "group")
-        async with cabinet(request).pool.acquire() as conn, conn.transaction():
+        context = cabinet(request)
+        async with kdf_turn(context), context.pool.acquire() as conn, conn.transaction():
             user = await users.add_user(
                 conn,
                 found.organization_id,

@@ -30,6 +30,7 @@ from cabinet.web import (
     SESSION,
     cabinet,
     error_page,
+    kdf_turn,
     redirect,
     render,
 )
@@ -177,16 +178,10 @@ async def login(request: web.Request) -> web.Response:
     name, password = form.get("login", ""), form.get("password", "")
     if not isinstance(name, str) or not isinstance(password, str) or len(name) > MAX_FIELD:
         name, password = "", ""
-    if context.kdf_waiting >= context.settings.kdf_queue:
-        return error_page(request, 503, "Сервер занят. Попробуйте через минуту.")
-    context.kdf_waiting += 1
-    try:
-        async with context.pool.acquire() as conn:
-            found = await find_login(conn, name)
-        async with context.kdf:
-            user = await asyncio.to_thread(authenticate, found, password)
-    finally:
-        context.kdf_waiting -= 1
+    async with context.pool.acquire() as conn:
+        found = await find_login(conn, name)
+    async with kdf_turn(context):
+        user = await asyncio.to_thread(authenticate, found, password)
     if user is None:
         failures = context.login_failures.failed(peer)
         log.info("cabinet_login_failed", peer=peer, failures=failures)

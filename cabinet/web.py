@@ -2,7 +2,8 @@
 answers to the domain's errors."""
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -131,6 +132,25 @@ ACCESS: web.RequestKey[Access | None] = web.RequestKey("access")
 # Set by cabinet/pages_notices.unread_middleware for a page's menu: how many notifications
 # are unread, as the menu shows it ("" for none).
 UNREAD: web.RequestKey[str] = web.RequestKey("unread")
+
+
+class ServerBusy(Exception):
+    """Too many password hashes waiting: the answer is 503, before any is started."""
+
+
+@contextlib.asynccontextmanager
+async def kdf_turn(context: Cabinet) -> AsyncIterator[None]:
+    """A turn at scrypt (a password checked or hashed: 16 MiB and tens of ms each): a few at
+    once, a bounded queue behind them, ServerBusy past it, so a flood of logins or sign-ups
+    costs queued requests, not memory."""
+    if context.kdf_waiting >= context.settings.kdf_queue:
+        raise ServerBusy
+    context.kdf_waiting += 1
+    try:
+        async with context.kdf:
+            yield
+    finally:
+        context.kdf_waiting -= 1
 
 
 def cabinet(request: web.Request) -> Cabinet:

@@ -229,3 +229,21 @@ async def test_an_expired_code_confirms_nothing(database_url: str) -> None:
         assert await cabinet_codes.redeem(conn, "signup", live.ticket, live.code) == {"x": 2}
     finally:
         await conn.close()
+
+
+async def test_a_full_password_queue_answers_busy_before_hashing(
+    tmp_path: Path, database_url: str, mqtt_url: str
+) -> None:
+    shop = await make_shop(database_url)
+    async with (
+        cabinet_at(tmp_path, database_url, mqtt_url=mqtt_url) as running,
+        client(running) as browser,
+    ):
+        context = running.cabinet
+        context.kdf_waiting = context.settings.kdf_queue  # as if that many were hashing
+        assert (await _start(browser, _form())).status == 503
+        assert (await browser.login(shop.main.login)).status == 503
+        assert context.kdf_waiting == context.settings.kdf_queue  # nothing taken, nothing left
+        context.kdf_waiting = 0
+        assert (await browser.login(shop.main.login)).status == 200
+    assert not await _rows(database_url, "SELECT 1 FROM cabinet_codes")
