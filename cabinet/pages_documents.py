@@ -144,13 +144,17 @@ def _cell(value: Any) -> str:
     return "'" + text if text[:1] in ("=", "+", "@", "\t", "\r") else text
 
 
-async def _points(request: web.Request, ids: set[int]) -> dict[int, registry.TradePoint]:
-    """The organization's trade points among `ids`: where its register stood for a receipt."""
+async def _points(
+    request: web.Request, device: registry.Device, ids: set[int]
+) -> dict[int, registry.TradePoint]:
+    """The register's organization's trade points among `ids`: where it stood for a receipt.
+    The register's, not the viewer's: a service centre's user sees a client's receipts."""
     async with cabinet(request).pool.acquire() as conn:
+        owner = await registry.organization_of_point(conn, device.trade_point_id)
         points = await registry.list_trade_points(
-            conn, organization_id=access(request).organization_id, point_ids=frozenset(ids)
+            conn, organization_id=owner or 0, point_ids=frozenset(ids)
         )
-    return {point.id: point for point in points}
+    return {point.id: point for point in points if point.organization_id == owner}
 
 
 def _qr(request: web.Request, device: registry.Device, held: Receipt) -> str:
@@ -174,7 +178,7 @@ async def _one_receipt(
     held = await context.documents.run(receipt, device.system_id, request.match_info["sign"])
     if held is None:
         return device, None, None
-    points = await _points(request, {held.trade_point_id})
+    points = await _points(request, device, {held.trade_point_id})
     return device, held, points.get(held.trade_point_id)
 
 
@@ -254,7 +258,7 @@ async def _receipt_batch(
     found = await cabinet(request).documents.run(
         receipts_by_sign, device.system_id, signs, str(rows[0]["time"]), str(rows[-1]["time"])
     )
-    points = await _points(request, {held.trade_point_id for held in found})
+    points = await _points(request, device, {held.trade_point_id for held in found})
     return [
         entry
         for held in found

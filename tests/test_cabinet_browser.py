@@ -246,6 +246,9 @@ async def test_a_shop_owners_day_in_the_cabinet(
         assert await service.locator("text=ТОО «Дүкен»").count() >= 1
         await service.click(f"a >> text='{system_id}'")
         await service.wait_for_selector("#status")
+        await service.goto(f"{url}/kkm/{system_id}/receipts/{sold.signs[0]}")
+        assert await service.inner_text("#fiscal-sign") == sold.signs[0]
+        assert "Дүкен №1, Сәтпаев" in await service.content()  # the client's point, named
 
         # An announcement from the OFD: unread in the menu until she reads it.
         conn = await asyncpg.connect(database_url)
