@@ -7,7 +7,6 @@ ofd web-user add --org ID --login L [--main] [--name ...] < password   (one line
 """
 
 import argparse
-import asyncio
 import getpass
 import sys
 from datetime import timedelta
@@ -18,19 +17,14 @@ import asyncpg
 import uvloop
 
 from cabinet.app import serve_web
+from cabinet.cli_database import add_database_options, run_with_database
 from cabinet.client_address import trusted_networks
 from cabinet.settings import DEFAULT_LOGIN_FAILURES, DEFAULT_SIGNUP_STARTS, WebSettings
 from ingest.cli_options import add_log_level, option
 from ingest.limits import FailureBudget
 from ingest.process import start_process
-from ingest.settings import DEFAULT_DATA_DIR
 from ledger import cabinet_users
-from ledger.embedded_pg import start_embedded_postgres
-from ledger.errors import RegistryError
-from ledger.migrate import migrate
 from ledger.receipt_check import DEFAULT_WEB_PORT
-
-EXIT_FAILED = 1
 
 
 def _settings(args: argparse.Namespace) -> WebSettings:
@@ -56,14 +50,15 @@ def _run_web(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _add_user(args: argparse.Namespace, password: str) -> cabinet_users.User:
-    url = args.database_url or await asyncio.to_thread(
-        start_embedded_postgres, Path(args.data_dir) / "pg"
-    )
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-        return await cabinet_users.add_user(
+def _run_add_user(args: argparse.Namespace) -> int:
+    # From stdin (a pipe) or typed at a prompt: never a flag, which others see in /proc.
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+
+    async def act(conn: asyncpg.Connection) -> str:
+        user = await cabinet_users.add_user(
             conn,
             args.org,
             login=args.login,
@@ -74,46 +69,15 @@ async def _add_user(args: argparse.Namespace, password: str) -> cabinet_users.Us
             position=args.position,
             is_main=args.main,
         )
-    finally:
-        await conn.close()
+        role = "main user" if user.is_main else "user"
+        return f"{role} {user.login} (id {user.id}) of organization {user.organization_id}"
 
-
-def _run_add_user(args: argparse.Namespace) -> int:
-    # From stdin (a pipe) or typed at a prompt: never a flag, which others see in /proc.
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    try:
-        user = asyncio.run(_add_user(args, password))
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    role = "main user" if user.is_main else "user"
-    print(f"{role} {user.login} (id {user.id}) of organization {user.organization_id}")
-    return 0
-
-
-def _database(p: argparse.ArgumentParser) -> None:
-    option(
-        p,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the gateway's data directory (its embedded PostgreSQL, the loader's service)",
-    )
-    option(
-        p,
-        "--database-url",
-        env="OFD_DATABASE_URL",
-        default="",
-        help="PostgreSQL DSN; empty joins the embedded server in DATA_DIR/pg",
-    )
+    return run_with_database(args, act)
 
 
 def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     web = sub.add_parser("web", help="the cabinet and the public receipt check (HTTP)")
-    _database(web)
+    add_database_options(web)
     option(
         web,
         "--web-host",
@@ -199,7 +163,7 @@ def add_web_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         dest="action", required=True
     )
     add = user.add_parser("add", help="add a cabinet user (password: one line on stdin)")
-    _database(add)
+    add_database_options(add)
     option(add, "--org", type=int, required=True, help="organization id")
     option(add, "--login", required=True, help="the login: 3 to 64 of A-Z a-z 0-9 . _ @ -")
     option(add, "--main", action="store_true", help="the organization's main user")

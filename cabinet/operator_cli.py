@@ -5,44 +5,17 @@ ofd web-subscription set --kkm ID (--paid-until YYYY-MM-DD | --no-term) [--month
 """
 
 import argparse
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from cabinet.cli import EXIT_FAILED, _database
+from cabinet.cli_database import add_database_options, run_with_database
 from ingest.cli_options import option
 from ledger import notices, subscriptions
-from ledger.embedded_pg import start_embedded_postgres
-from ledger.errors import RegistryError
-from ledger.migrate import migrate
 from ledger.wire import KZ_TIME
 
 OPERATOR = "ofd web-subscription"  # the audit log's actor
-
-
-def _run(args: argparse.Namespace, act: Callable[[asyncpg.Connection], Awaitable[str]]) -> int:
-    async def connected() -> str:
-        url = args.database_url or await asyncio.to_thread(
-            start_embedded_postgres, Path(args.data_dir) / "pg"
-        )
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-            return await act(conn)
-        finally:
-            await conn.close()
-
-    try:
-        print(asyncio.run(connected()))
-    except RegistryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
 
 
 def _announce(args: argparse.Namespace) -> int:
@@ -50,7 +23,7 @@ def _announce(args: argparse.Namespace) -> int:
         reached = await notices.announce(conn, args.text, None if args.all else args.org)
         return f"announced to {reached} organization(s)"
 
-    return _run(args, act)
+    return run_with_database(args, act)
 
 
 def _set_term(args: argparse.Namespace) -> int:
@@ -67,7 +40,7 @@ def _set_term(args: argparse.Namespace) -> int:
             f" auto-renewal {'on' if term.auto_renew else 'off'}, subscription {state}"
         )
 
-    return _run(args, act)
+    return run_with_database(args, act)
 
 
 def add_operator_commands(sub: "argparse._SubParsersAction[Any]") -> None:
@@ -75,7 +48,7 @@ def add_operator_commands(sub: "argparse._SubParsersAction[Any]") -> None:
         dest="action", required=True
     )
     add = notice.add_parser("add", help="an announcement to one organization or to all")
-    _database(add)
+    add_database_options(add)
     whom = add.add_mutually_exclusive_group(required=True)
     whom.add_argument("--org", type=int, help="organization id")
     whom.add_argument("--all", action="store_true", help="every organization")
@@ -88,7 +61,7 @@ def add_operator_commands(sub: "argparse._SubParsersAction[Any]") -> None:
     put = term.add_parser(
         "set", help="a register's term; paid through today or later switches it on"
     )
-    _database(put)
+    add_database_options(put)
     option(put, "--kkm", type=int, required=True, help="the register's system id")
     until = put.add_mutually_exclusive_group(required=True)
     until.add_argument("--paid-until", type=date.fromisoformat, help="last paid day, YYYY-MM-DD")
