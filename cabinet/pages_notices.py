@@ -12,7 +12,6 @@ from cabinet.security import Handler
 from cabinet.web import ACCESS, UNREAD, access, cabinet, redirect, render, text
 from ledger import cabinet_notices
 from ledger.errors import InvalidRequest
-from ledger.notices import local_time
 from ledger.wire import KZ_TIME
 
 DEFAULT_DAYS = 30  # the period shown when none is asked for: the last month
@@ -64,7 +63,6 @@ async def show_notices(request: web.Request) -> web.Response:
         "notices.html",
         notices=notices,
         shown={"from": first.isoformat(), "to": last.isoformat()},
-        local_time=local_time,
         listed_at_most=cabinet_notices.MAX_LISTED,
     )
 

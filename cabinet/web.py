@@ -36,7 +36,7 @@ from ledger.errors import (
     RegistryError,
 )
 from ledger.lifecycle import DeviceStatus
-from ledger.notices import Kind
+from ledger.notices import Kind, local_time
 
 COOKIE = "ofd_session"
 LOGIN_COOKIE = "ofd_login"  # the login form's CSRF value (double submit: no session yet)
@@ -198,7 +198,9 @@ def make_templates(language: str) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(tenge=tenge, quantity=quantity, degrees=degrees, percent=percent)
+    env.filters.update(
+        tenge=tenge, quantity=quantity, degrees=degrees, percent=percent, local_time=local_time
+    )
     env.globals.update(
         SECTIONS=SECTIONS,
         SECTION_TITLES=SECTION_TITLES,

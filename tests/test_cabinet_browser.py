@@ -200,7 +200,7 @@ async def test_a_shop_owners_day_in_the_cabinet(
         # The simulated register's Z counts nothing: every sum differs from the OFD's tally.
         assert await page.locator("summary >> text=расходится").count() == 1
         assert await page.locator("table.beside tr.differs").count() > 1
-        await page.screenshot(path=str(screenshots / "cabinet-reports.png"), full_page=True)
+        await page.screenshot(path=str(screenshots / "cabinet-reports.png"))  # a long page: its top
         await page.goto(f"{url}/analytics?device={system_id}&from=2026-11-25&to=2026-11-25")
         assert await page.locator("#revenue-chart rect").count() == 1
         await page.screenshot(path=str(screenshots / "cabinet-analytics.png"), full_page=True)
