@@ -3,10 +3,10 @@
     python -m benchmarks.summary [--results bench-results] [--out bench-results/summary.json]
 
 Reads what the earlier steps wrote (ingest, scale, scale-kafka, warehouse, cabinet, cost_model,
-capacity), prints one block per file and writes the same numbers as JSON. A file that is missing is named as
-missing, and one whose run was invalid (answers that were not OK, or lost) is flagged; the exit
-code is 1 when any is, so `make bench` fails rather than summarising a run that measured something
-else.
+capacity), prints one block per file and writes the same numbers as JSON. A file that is missing
+is named as missing, and one whose run was invalid (answers that were not OK, or lost) is
+flagged; the exit code is 1 when any is, so `make bench` fails rather than summarising a run that
+measured something else.
 """
 
 import argparse
