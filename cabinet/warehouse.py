@@ -10,11 +10,13 @@ from typing import Any, TypeVar
 
 from ledger.warehouse.backends import DEFAULT_DATABASE, QueryLimits, Reader, Row, ServerAnalyst
 from ledger.warehouse.reports import QueryRefused, run_report
-from ledger.warehouse.service import (
+from ledger.warehouse.service import read_analyst_key, service_address
+from ledger.warehouse.service_client import (
+    ServiceClient,
     ServiceError,
-    ask_service,
-    read_analyst_key,
-    service_address,
+    ServiceTarget,
+    ServiceUnauthorized,
+    ServiceUnreachable,
 )
 
 T = TypeVar("T")
@@ -26,12 +28,18 @@ class WarehouseUnavailable(RuntimeError):
 
 
 class ServiceReader:
-    """Reads through the running `ofd load` of `data_dir`, presenting its analyst key."""
+    """Reads through the running `ofd load` of `data_dir`, presenting its analyst key.
+
+    The service's address and key are read from `data_dir` once and kept, with one connection
+    per worker thread (service_client.py): a check costs no file read and no handshake. They
+    are read again when the service does not answer or refuses the key, as after a restart
+    (a new port, and a new key if the file was replaced), and the request sent once more."""
 
     def __init__(self, data_dir: Path, limits: QueryLimits | None = None) -> None:
         self.database = DEFAULT_DATABASE
         self._data_dir = data_dir
-        self._limits = limits or QueryLimits()
+        self._client = ServiceClient((limits or QueryLimits()).timeout)
+        self._target: ServiceTarget | None = None
 
     def select(self, sql: str) -> list[Row]:
         return self._ask("/query", {"sql": sql})
@@ -42,21 +50,30 @@ class ServiceReader:
         return self._ask("/report", {"name": name, "params": params})
 
     def _ask(self, path: str, payload: dict[str, Any]) -> list[Row]:
+        kept = self._target
+        try:
+            try:
+                return self._client.ask(kept or self._located(), path, payload)
+            except (ServiceUnreachable, ServiceUnauthorized):
+                if kept is None:
+                    raise  # read just now: the service's answer stands
+                located = self._located()
+                if located == kept:
+                    raise  # nothing changed: the service's answer stands
+            return self._client.ask(located, path, payload)
+        except ServiceError as err:
+            raise WarehouseUnavailable(str(err)) from err
+
+    def _located(self) -> ServiceTarget:
+        """The service's address and key as `data_dir` announces them now, kept for next time."""
         address = service_address(self._data_dir)
         if address is None:
+            self._target = None
             raise WarehouseUnavailable(
                 f"no warehouse service runs for {self._data_dir} (start `ofd load`)"
             )
-        try:
-            return ask_service(
-                address,
-                path,
-                payload,
-                key=read_analyst_key(self._data_dir),
-                timeout=self._limits.timeout,
-            )
-        except ServiceError as err:
-            raise WarehouseUnavailable(str(err)) from err
+        self._target = ServiceTarget(*address, read_analyst_key(self._data_dir))
+        return self._target
 
 
 def named_report(reader: Reader, name: str, params: dict[str, Any]) -> list[Row]:

@@ -18,7 +18,8 @@ POST /export {"sql": "...", "format": "csv"}        -> the answer as CSV, chunke
                                                        (ledger/warehouse/export.py)
 GET  /metrics                                       -> Prometheus text (no key: loopback only)
 Errors answer 400 (refused or failed query), 401 (no or wrong key), 503 (too many at once) with
-{"error": "..."}.
+{"error": "..."}. Connections are kept between requests (HTTP/1.1; the client is
+service_client.py), except after an answer sent before the request's body was read.
 """
 
 import contextlib
@@ -28,10 +29,9 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,13 +41,13 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC, PLAINTEXT, KafkaSecurity
 from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open_warehouse
 from ledger.warehouse.export import serve_export
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
 from ledger.warehouse.reports import ReportLimits, run_query, run_report
+from ledger.warehouse.service_client import ServiceError, ask_service
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +56,8 @@ KEY_FILE = "analyst.key"
 KEY_ENV = "OFD_ANALYST_KEY"
 KEY_BYTES = 32
 MAX_REQUEST_BYTES = 1024 * 1024
-REQUEST_READ_TIMEOUT = 10.0  # seconds a caller may take to send its request
-# The client waits for a free slot and for the query itself: twice the timeout, and a margin.
-CLIENT_MARGIN = 10.0
+# Seconds a caller may take to send its request, and a kept connection may stay idle.
+REQUEST_READ_TIMEOUT = 10.0
 QUERIES = Counter(
     "ofd_warehouse_queries_total",
     "Analysts' requests to the query service, by outcome",
@@ -157,26 +156,62 @@ def _sources(settings: ServiceSettings, warehouse: Warehouse) -> Callable[[], li
     )
 
 
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, as ThreadingHTTPServer; connections are kept (HTTP/1.1), so
+    closing the server also ends the open ones: their threads would otherwise go on answering
+    with the analyst the service closes next."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._open_lock:
+            for connection in self._open:
+                with contextlib.suppress(OSError):  # its peer may have closed it already
+                    connection.shutdown(socket.SHUT_RDWR)
+
+
 def _handler(
     analyst: Analyst, limits: ReportLimits, key_hash: bytes
 ) -> type[BaseHTTPRequestHandler]:
     slots = threading.BoundedSemaphore(analyst.limits.concurrency)
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_READ_TIMEOUT  # a half-sent request does not hold its thread
+        # Kept connections: a caller asking often (the cabinet) pays no handshake and no
+        # thread start per query. Every answer says its length (or is chunked, /export).
+        protocol_version = "HTTP/1.1"
+        timeout = REQUEST_READ_TIMEOUT  # a half-sent request or an idle connection ends
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # structlog only: one line per query would drown the loader's log
 
-        def _answer(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        def _answer(
+            self, status: int, body: bytes, kind: str = "application/json", *, close: bool = False
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
+            if close:  # sets close_connection too
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, status: int, message: str) -> None:
-            self._answer(status, json.dumps({"error": message}).encode())
+        def _error(self, status: int, message: str, *, close: bool = False) -> None:
+            self._answer(status, json.dumps({"error": message}).encode(), close=close)
 
         def _authorized(self) -> bool:
             scheme, _, key = (self.headers.get("Authorization") or "").partition(" ")
@@ -200,20 +235,26 @@ def _handler(
                 self._answer(404, b'{"error": "not found"}')
 
         def do_POST(self) -> None:
+            # Refused before its body is read: the connection closes, or the body's bytes would
+            # be read as the next request.
             if self.path not in ("/query", "/report", "/export"):
-                self._answer(404, b'{"error": "not found"}')
+                self._answer(404, b'{"error": "not found"}', close=True)
                 return
             if not self._authorized():
-                self._error(401, "the analyst key is missing or wrong (DATA_DIR/analyst.key)")
+                self._error(
+                    401, "the analyst key is missing or wrong (DATA_DIR/analyst.key)", close=True
+                )
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_REQUEST_BYTES:
-                self._answer(413, b'{"error": "request too large"}')
+                self._answer(413, b'{"error": "request too large"}', close=True)
                 return
             # Queries past the cap wait up to one query's time for a slot, then are turned away.
             if not slots.acquire(timeout=analyst.limits.timeout):
                 QUERIES.labels("busy").inc()
-                self._error(503, f"{analyst.limits.concurrency} queries running; try again")
+                self._error(
+                    503, f"{analyst.limits.concurrency} queries running; try again", close=True
+                )
                 return
             rows: list[Row] | None = None
             try:
@@ -256,10 +297,9 @@ def run_service(
             return _load_once(loader, sources, progress or (lambda _: None))
         key_hash = _key_hash(ensure_analyst_key(settings.data_dir))
         analyst = warehouse.analyst(settings.query)
-        server = ThreadingHTTPServer(
+        server = _Server(
             (settings.host, settings.port), _handler(analyst, settings.limits, key_hash)
         )
-        server.daemon_threads = True
         info = {"host": settings.host, "port": server.server_address[1], "pid": os.getpid()}
         service_file = directory / SERVICE_FILE
         service_file.write_text(json.dumps(info))
@@ -329,41 +369,6 @@ def service_address(data_dir: Path) -> tuple[str, int] | None:
     except PermissionError:
         pass  # alive, someone else's
     return str(info["host"]), int(info["port"])
-
-
-class ServiceError(OfdError):
-    """The query service cannot be reached or answered with an error."""
-
-
-def ask_service(
-    address: tuple[str, int],
-    path: str,
-    payload: dict[str, Any],
-    *,
-    key: str | None = None,
-    timeout: float = QueryLimits().timeout,
-) -> list[Row]:
-    host, port = address
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(
-        f"http://{host}:{port}{path}",
-        data=json.dumps(payload).encode(),
-        headers=headers,
-        method="POST",
-    )
-    try:
-        wait = 2 * timeout + CLIENT_MARGIN
-        with urllib.request.urlopen(request, timeout=wait) as answer:  # noqa: S310
-            body = json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        detail = json.loads(err.read() or b"{}").get("error", str(err))
-        raise ServiceError(detail) from err
-    except OSError as err:
-        raise ServiceError(f"warehouse service at {host}:{port}: {err}") from err
-    rows: list[Row] = body["rows"]
-    return rows
 
 
 def query(
