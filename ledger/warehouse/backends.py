@@ -254,6 +254,7 @@ class ChdbWarehouse:
             raise
         # The session is shared by the loader thread and the query endpoint's threads.
         self._lock = threading.Lock()
+        self._analysts: list[ChdbAnalyst] = []  # closed with the warehouse: they keep sessions
 
     def execute(self, sql: str) -> None:
         with self._lock:
@@ -270,10 +271,15 @@ class ChdbWarehouse:
             self.execute(_insert_sql(self.database, table, rows, token))
 
     def analyst(self, limits: QueryLimits) -> Analyst:
-        return ChdbAnalyst(self._path, self.database, limits)
+        analyst = ChdbAnalyst(self._path, self.database, limits)
+        with self._lock:
+            self._analysts.append(analyst)
+        return analyst
 
     def close(self) -> None:
         with self._lock:
+            for analyst in self._analysts:
+                analyst.close()
             self._session.close()
         _release(self._path)
 
@@ -286,14 +292,21 @@ def _escaped(value: str) -> str:
 
 
 class ChdbAnalyst:
-    """Analysts' queries on the chDB directory the loader holds, each in a session of its own.
+    """Analysts' queries on the chDB directory the loader holds, in sessions of their own.
 
     chDB lets one process open several sessions on its directory, and a session's connection
     arguments are its startup settings: readonly=1 and the limits are set before the first
-    query and cannot be changed by one (readonly=1 forbids changing any setting). Sessions run
-    in parallel with the loader's (no shared lock: a slow query does not stall loading), and a
-    new one per query (about 2 ms) carries nothing over: chDB returned a failed multi-statement's
-    partial output with the session's next answer."""
+    query and cannot be changed by one (readonly=1 forbids changing any setting, creating even
+    a temporary table, and every write). Sessions run in parallel with the loader's (no shared
+    lock: a slow query does not stall loading) and see what it inserts as it commits.
+
+    A session is reused (opening one costs about as much as the public check's point read):
+    up to `limits.concurrency` idle ones are kept for each set of settings. What a query could
+    leave in a session for the next is thus refused: settings, tables and writes by readonly=1;
+    the current database (USE, which readonly=1 allows) by reports.analyst_statement, which
+    runs reading statements only, while named reports name their tables in full. A session
+    whose query failed is closed, never reused: chDB returned a failed multi-statement's
+    partial output with that session's next answer."""
 
     def __init__(self, path: Path, database: str, limits: QueryLimits) -> None:
         if "?" in str(path) or "&" in str(path):
@@ -302,24 +315,45 @@ class ChdbAnalyst:
         self.limits = limits
         self._session_module: Any = importlib.import_module("chdb.session")
         self._path = path
+        # answer_limits -> idle sessions opened with those settings
+        self._idle: dict[bool, list[Any]] = {True: [], False: []}
+        self._idle_lock = threading.Lock()
+        self._closed = False
 
     def _connection(self, answer_limits: bool) -> str:
         settings = self.limits.settings(answer_limits=answer_limits)
         return f"{self._path}?" + "&".join(f"{k}={v}" for k, v in settings.items())
 
+    @contextlib.contextmanager
+    def _session(self, answer_limits: bool) -> Iterator[Any]:
+        """An idle session with these settings, or a new one; kept again after a clean query."""
+        with self._idle_lock:
+            idle = self._idle[answer_limits]
+            session = idle.pop() if idle else None
+        if session is None:
+            session = self._session_module.Session(self._connection(answer_limits))
+        try:
+            yield session
+        except BaseException:
+            session.close()
+            raise
+        with self._idle_lock:
+            kept = not self._closed and len(idle) < self.limits.concurrency
+            if kept:
+                idle.append(session)
+        if not kept:
+            session.close()
+
     def select(
         self, sql: str, params: Mapping[str, str] | None = None, *, answer_limits: bool = True
     ) -> list[Row]:
-        session = self._session_module.Session(self._connection(answer_limits))
-        try:
-            bound = {name: _escaped(value) for name, value in (params or {}).items()}
-            result = session.query(sql, "JSONEachRow", params=bound)
-            data: bytes = result.bytes()
-        finally:
-            session.close()
+        bound = {name: _escaped(value) for name, value in (params or {}).items()}
+        with self._session(answer_limits) as session:
+            data: bytes = session.query(sql, "JSONEachRow", params=bound).bytes()
         return [json.loads(line) for line in data.splitlines() if line]
 
     def stream(self, sql: str, fmt: str) -> Iterator[bytes]:
+        # A session of its own: an export is long, and may be cut off mid-answer.
         session = self._session_module.Session(self._connection(answer_limits=False))
         try:
             for chunk in session.send_query(sql, fmt):
@@ -330,7 +364,14 @@ class ChdbAnalyst:
             session.close()
 
     def close(self) -> None:
-        pass  # nothing held between queries
+        """Closes the idle sessions; one in use is closed when its query ends."""
+        with self._idle_lock:
+            self._closed = True
+            sessions = [s for idle in self._idle.values() for s in idle]
+            for idle in self._idle.values():
+                idle.clear()
+        for session in sessions:
+            session.close()
 
 
 class ServerWarehouse:
