@@ -25,6 +25,7 @@ from cabinet import (
     pages_users,
     security,
 )
+from cabinet.check_facts import CheckFacts
 from cabinet.codes import MqttCodes
 from cabinet.i18n import LANGUAGES
 from cabinet.settings import WEB_ID, WebSettings
@@ -180,6 +181,7 @@ async def running_cabinet(
             templates={language: make_templates(language) for language in LANGUAGES},
             login_failures=FailureLimiter(settings.login_failures),
             check_misses=FailureLimiter(settings.check_misses),
+            check_facts=CheckFacts(pool),
             kdf=asyncio.Semaphore(settings.kdf_concurrency),
             check_url="",
             codes=None if notifier is None else MqttCodes(notifier, WEB_ID),

@@ -34,14 +34,13 @@ async def check(request: web.Request) -> web.Response:
     seller: registry.Organization | None = None
     point: registry.TradePoint | None = None
     if query is not None:
-        async with context.pool.acquire() as conn:
-            device = await registry.device_by_kgd_number(conn, query.kgd_number)
-        if device is not None:
+        device_id = await context.check_facts.device_id(query.kgd_number)
+        if device_id is not None:
             try:
                 rows = await context.documents.run(
                     named_report,
                     "receipt_check",
-                    check_params(device.system_id, query.fiscal_sign, query.total, query.when),
+                    check_params(device_id, query.fiscal_sign, query.total, query.when),
                 )
             except WarehouseUnavailable as err:
                 log.warning("check_warehouse_unavailable", error=str(err))
@@ -49,15 +48,9 @@ async def check(request: web.Request) -> web.Response:
             found = checked_receipt(rows)
         # 0: a record from before the journal named the point; nothing to show then.
         if found is not None and found.organization_id and found.trade_point_id:
-            async with context.pool.acquire() as conn:
-                orgs = await registry.list_organizations(
-                    conn, organization_id=found.organization_id
-                )
-                points = await registry.list_trade_points(
-                    conn, point_ids=frozenset({found.trade_point_id})
-                )
-            seller = orgs[0] if orgs else None
-            point = points[0] if points else None
+            seller, point = await context.check_facts.seller(
+                found.organization_id, found.trade_point_id
+            )
     now = datetime.now(KZ_TIME).replace(tzinfo=None)
     answer = verdict(query, found is not None, now, context.settings.check_pending)
     if answer is not Verdict.FOUND:

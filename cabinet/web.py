@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy, MultiMapping
 
+from cabinet.check_facts import CheckFacts
 from cabinet.codes import CodeChannel
 from cabinet.i18n import (
     CATALOGUES,
@@ -117,6 +118,7 @@ class Cabinet:
     templates: Mapping[str, jinja2.Environment]  # by language (cabinet/i18n.LANGUAGES)
     login_failures: FailureLimiter
     check_misses: FailureLimiter
+    check_facts: CheckFacts
     kdf: asyncio.Semaphore
     check_url: str
     # Where one-time codes go; None: nothing can be sent, and sign-up is closed.

@@ -586,3 +586,23 @@ async def device_by_kgd_number(conn: Conn, kgd_registration_number: str) -> Devi
         kgd_registration_number,
     )
     return None if row is None else _device(row)
+
+
+async def seller_of_receipt(
+    conn: Conn, organization_id: int, trade_point_id: int
+) -> tuple[Organization | None, TradePoint | None]:
+    """The organization and trade point a receipt names, as the public check shows them, in
+    one round trip; either is None when it is gone (a point may be deleted after its
+    registers moved)."""
+    row = await conn.fetchrow(
+        f"SELECT (SELECT ROW({ORGANIZATION_COLUMNS}) FROM organizations WHERE id = $1) AS seller,"
+        f" (SELECT ROW({TRADE_POINT_COLUMNS}) FROM trade_points WHERE id = $2) AS point",
+        organization_id,
+        trade_point_id,
+    )
+    assert row is not None  # a SELECT without FROM has its one row
+    seller, point = row["seller"], row["point"]
+    return (
+        None if seller is None else Organization(*seller),
+        None if point is None else TradePoint(*point),
+    )
