@@ -26,6 +26,7 @@ from cabinet import (
     security,
 )
 from cabinet.check_facts import CheckFacts
+from cabinet.check_lookups import CheckLookups
 from cabinet.codes import MqttCodes
 from cabinet.i18n import LANGUAGES
 from cabinet.settings import WEB_ID, WebSettings
@@ -171,17 +172,19 @@ async def running_cabinet(
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+        documents = Documents(
+            reader or reader_for(settings.data_dir, settings.clickhouse_url),
+            settings.warehouse_concurrency,
+        )
         context = Cabinet(
             settings=settings,
             pool=pool,
-            documents=Documents(
-                reader or reader_for(settings.data_dir, settings.clickhouse_url),
-                settings.warehouse_concurrency,
-            ),
+            documents=documents,
             templates={language: make_templates(language) for language in LANGUAGES},
             login_failures=FailureLimiter(settings.login_failures),
             check_misses=FailureLimiter(settings.check_misses),
             check_facts=CheckFacts(pool),
+            check_lookups=CheckLookups(documents),
             kdf=asyncio.Semaphore(settings.kdf_concurrency),
             check_url="",
             codes=None if notifier is None else MqttCodes(notifier, WEB_ID),
@@ -190,6 +193,7 @@ async def running_cabinet(
         runner = web.AppRunner(build_app(context), access_log=None)
         await runner.setup()
         sending = None if notifier is None else asyncio.create_task(notifier.run())
+        checking = asyncio.create_task(context.check_lookups.run(), name="check-lookups")
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
             await site.start()
@@ -199,10 +203,11 @@ async def running_cabinet(
             yield RunningCabinet(f"http://{host}:{port}", port, context)
         finally:
             await runner.cleanup()
-            if sending is not None:
-                sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sending
+            for task in (checking, sending):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
     finally:
         await pool.close()
 

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from cabinet.client_address import client_of
-from cabinet.warehouse import WarehouseUnavailable, named_report
+from cabinet.warehouse import WarehouseUnavailable
 from cabinet.web import cabinet, render
 from ledger import registry
 from ledger.receipt_check import Verdict, parse_check, verdict
@@ -37,10 +37,8 @@ async def check(request: web.Request) -> web.Response:
         device_id = await context.check_facts.device_id(query.kgd_number)
         if device_id is not None:
             try:
-                rows = await context.documents.run(
-                    named_report,
-                    "receipt_check",
-                    check_params(device_id, query.fiscal_sign, query.total, query.when),
+                rows = await context.check_lookups.receipt(
+                    check_params(device_id, query.fiscal_sign, query.total, query.when)
                 )
             except WarehouseUnavailable as err:
                 log.warning("check_warehouse_unavailable", error=str(err))

@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import MultiDictProxy, MultiMapping
 
 from cabinet.check_facts import CheckFacts
+from cabinet.check_lookups import CheckLookups
 from cabinet.codes import CodeChannel
 from cabinet.i18n import (
     CATALOGUES,
@@ -119,6 +120,7 @@ class Cabinet:
     login_failures: FailureLimiter
     check_misses: FailureLimiter
     check_facts: CheckFacts
+    check_lookups: CheckLookups
     kdf: asyncio.Semaphore
     check_url: str
     # Where one-time codes go; None: nothing can be sent, and sign-up is closed.
