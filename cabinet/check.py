@@ -4,6 +4,8 @@ Public and read-only: it shows a receipt's facts only when sign, KGD number, tot
 match one receipt (ledger/receipt_check.py says what each answer reveals). Misses are counted
 per address; past the budget the address gets 429 until the window ends, so guessing signs
 costs a minute per few dozen tries while a customer scanning real receipts never meets it.
+The device and the seller come through check_facts.py (kept a minute), the receipt through
+check_lookups.py (read in one engine call with the checks arriving beside it).
 """
 
 from datetime import datetime
