@@ -4,7 +4,7 @@ without one, the signed-in user's application is filed at once (pages_registry).
 
 from aiohttp import web
 
-from cabinet.web import access, cabinet, error_status, redirect, render
+from cabinet.web import access, cabinet, error_status, redirect, render, ticket_and_code
 from ledger import cabinet_applications, registry
 from ledger.errors import InvalidRequest, RegistryError
 
@@ -22,13 +22,10 @@ async def hold_registration(request: web.Request, new: registry.Device) -> web.R
 
 
 async def confirm_registration(request: web.Request) -> web.Response:
-    form = await request.post()
-    ticket, code = form.get("ticket", ""), form.get("code", "")
-    if not isinstance(ticket, str) or not isinstance(code, str):
-        ticket, code = "", ""
+    ticket, code = ticket_and_code(await request.post())
     try:
         async with cabinet(request).pool.acquire() as conn:
-            added, _ = await cabinet_applications.confirm(conn, access(request), ticket, code[:20])
+            added, _ = await cabinet_applications.confirm(conn, access(request), ticket, code)
     except InvalidRequest as err:  # a wrong code: the same ticket, fewer attempts
         return render(request, "device_confirm.html", status=400, ticket=ticket, error=str(err))
     except RegistryError as err:

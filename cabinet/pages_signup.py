@@ -14,7 +14,7 @@ from multidict import MultiDictProxy
 
 from cabinet.client_address import client_of
 from cabinet.security import public_form, public_form_posted
-from cabinet.web import cabinet, kdf_turn, redirect, text
+from cabinet.web import cabinet, kdf_turn, redirect, text, ticket_and_code
 from ledger import cabinet_signup
 from ledger.errors import InvalidRequest, NotFound, RegistryError
 
@@ -85,14 +85,12 @@ async def start_signup(request: web.Request) -> web.Response:
 
 async def confirm_signup(request: web.Request) -> web.Response:
     form = await request.post()
-    ticket, code = form.get("ticket", ""), form.get("code", "")
-    if not isinstance(ticket, str) or not isinstance(code, str):
-        ticket, code = "", ""
+    ticket, code = ticket_and_code(form)
     if not public_form_posted(request, form):
         return public_form(request, "signup_confirm.html", status=403, ticket=ticket, error=STALE)
     try:
         async with cabinet(request).pool.acquire() as conn:
-            user = await cabinet_signup.confirm(conn, ticket, code[:20])
+            user = await cabinet_signup.confirm(conn, ticket, code)
     except InvalidRequest as err:  # a wrong code: the same ticket, fewer attempts
         return public_form(
             request, "signup_confirm.html", status=400, ticket=ticket, error=str(err)

@@ -43,6 +43,7 @@ from ledger.notices import Kind, local_time
 COOKIE = "ofd_session"
 LOGIN_COOKIE = "ofd_login"  # the login form's CSRF value (double submit: no session yet)
 MAX_TEXT = 500  # characters of any text field the cabinet takes
+MAX_CODE = 20  # characters of a typed one-time code kept (a code has 6; spaces around are cut)
 MICRO = Decimal(1_000_000)  # coordinates: degrees times a million, as devices carry them
 
 SECTION_TITLES = {
@@ -308,6 +309,15 @@ def coordinate(form: MultiDictProxy[Any], name: str) -> int:
     if not 0 <= value <= 2**31 - 1:
         raise InvalidRequest(f"{name}: out of range")
     return int(value)
+
+
+def ticket_and_code(form: MultiDictProxy[Any]) -> tuple[str, str]:
+    """A one-time code's form (ledger/cabinet_codes): the ticket it carries and the code typed,
+    both "" when not text; the code cut to a length no code exceeds."""
+    ticket, code = form.get("ticket", ""), form.get("code", "")
+    if not isinstance(ticket, str) or not isinstance(code, str):
+        return "", ""
+    return ticket, code[:MAX_CODE]
 
 
 def ids(form: MultiMapping[Any], name: str) -> set[int]:
