@@ -194,6 +194,9 @@ def _handler(
         # Kept connections: a caller asking often (the cabinet) pays no handshake and no
         # thread start per query. Every answer says its length (or is chunked, /export).
         protocol_version = "HTTP/1.1"
+        # An answer is written as its headers, then its body: on a kept connection, Nagle's
+        # algorithm held the body until the client's delayed ACK of the headers (40 ms).
+        disable_nagle_algorithm = True
         timeout = REQUEST_READ_TIMEOUT  # a half-sent request or an idle connection ends
 
         def log_message(self, format: str, *args: Any) -> None:
