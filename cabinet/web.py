@@ -199,6 +199,9 @@ def make_templates(language: str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=TranslatingLoader(loader, catalogue) if catalogue else loader,
         autoescape=True,  # every value is escaped unless a template says otherwise (none does)
+        # Templates are the package's files, changed by a new release (a restart): looking
+        # for a newer file cost a stat of each template a page uses, on every page.
+        auto_reload=False,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
