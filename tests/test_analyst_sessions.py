@@ -123,3 +123,12 @@ def test_the_warehouse_closes_its_analysts_sessions(tmp_path: Path) -> None:
     assert (counts.opened, counts.closed) == (2, 0)  # one kept for each set of settings
     warehouse.close()
     assert counts.closed == 2
+
+
+def test_key_reads_take_one_engine_thread_under_the_same_limits(warehouse: ChdbWarehouse) -> None:
+    analyst = warehouse.analyst(QueryLimits(max_rows=MAX_ROWS, threads=1))
+    settings = analyst.select(
+        "SELECT getSetting('max_threads') AS threads, getSetting('readonly') AS readonly,"
+        " getSetting('max_result_rows') AS max_rows"
+    )
+    assert settings == [{"threads": 1, "readonly": 1, "max_rows": MAX_ROWS}]

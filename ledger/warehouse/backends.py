@@ -122,12 +122,15 @@ class QueryLimits:
     max_rows: int = 100_000  # rows in the answer (max_result_rows); more is an error, not a cut
     max_bytes: int = 64 * MIB  # bytes in the answer (max_result_bytes), uncompressed
     concurrency: int = 2  # queries at once through the service; the others wait, then get 503
+    threads: int = 0  # engine threads per query (max_threads); 0: the engine's own (the cores)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or min(self.max_memory, self.max_rows, self.max_bytes) <= 0:
             raise ValueError("query limits must be positive")
         if self.concurrency < 1:
             raise ValueError("query concurrency must be at least 1")
+        if self.threads < 0:
+            raise ValueError("query threads cannot be negative")
 
     def settings(self, *, answer_limits: bool = True) -> dict[str, str]:
         """The ClickHouse settings an analyst's session starts with (chDB: connection arguments;
@@ -147,6 +150,8 @@ class QueryLimits:
             "allow_ddl": "0",  # readonly=1 already forbids DDL; this names the rule
             "allow_introspection_functions": "0",
         }
+        if self.threads:
+            settings["max_threads"] = str(self.threads)
         if answer_limits:
             settings |= {
                 "max_result_rows": str(self.max_rows),

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from ledger.warehouse.backends import Analyst, QueryLimits, Row, Warehouse, open
 from ledger.warehouse.export import serve_export
 from ledger.warehouse.kafka_source import DEFAULT_GROUP, KafkaGroupMember
 from ledger.warehouse.loader import Loader, LoaderSettings, Source, local_sources, read_position
-from ledger.warehouse.reports import ReportLimits, run_query, run_report
+from ledger.warehouse.reports import KEY_READS, ReportLimits, run_query, run_report
 from ledger.warehouse.service_client import ServiceError, ask_service
 
 log = structlog.get_logger(__name__)
@@ -186,8 +186,10 @@ class _Server(ThreadingHTTPServer):
 
 
 def _handler(
-    analyst: Analyst, limits: ReportLimits, key_hash: bytes
+    analyst: Analyst, limits: ReportLimits, key_hash: bytes, key_reads: Analyst | None = None
 ) -> type[BaseHTTPRequestHandler]:
+    """`key_reads` runs reports.KEY_READS (`analyst` when None): the same limits, one engine
+    thread."""
     slots = threading.BoundedSemaphore(analyst.limits.concurrency)
 
     class Handler(BaseHTTPRequestHandler):
@@ -267,8 +269,9 @@ def _handler(
                 elif self.path == "/query":
                     rows = run_query(analyst, str(request.get("sql", "")))
                 else:
-                    params = request.get("params") or {}
-                    rows = run_report(analyst, str(request.get("name")), params, limits)
+                    name, params = str(request.get("name")), request.get("params") or {}
+                    reader = key_reads if key_reads is not None and name in KEY_READS else analyst
+                    rows = run_report(reader, name, params, limits)
             except Exception as err:  # refused, or ClickHouse's own error: the analyst's to fix
                 QUERIES.labels("refused").inc()
                 self._error(400, str(err))
@@ -300,8 +303,10 @@ def run_service(
             return _load_once(loader, sources, progress or (lambda _: None))
         key_hash = _key_hash(ensure_analyst_key(settings.data_dir))
         analyst = warehouse.analyst(settings.query)
+        key_reads = warehouse.analyst(replace(settings.query, threads=1))
         server = _Server(
-            (settings.host, settings.port), _handler(analyst, settings.limits, key_hash)
+            (settings.host, settings.port),
+            _handler(analyst, settings.limits, key_hash, key_reads),
         )
         info = {"host": settings.host, "port": server.server_address[1], "pid": os.getpid()}
         service_file = directory / SERVICE_FILE
@@ -318,6 +323,7 @@ def run_service(
             server.shutdown()
             server.server_close()
             analyst.close()
+            key_reads.close()
             with contextlib.suppress(FileNotFoundError):
                 service_file.unlink()
         return loader.loaded
