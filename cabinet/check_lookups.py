@@ -1,9 +1,9 @@
 """The public check's warehouse reads, gathered: checks that arrive while others are being read
 go to the warehouse together, in one engine call (reports.receipt_checks_report).
 
-A chDB query costs about a millisecond of the engine's before it reads anything, twice the
-point read a check needs, and through the query service a round trip more; gathered, a busy
-cabinet pays them once for several checks. Nobody waits for a batch to fill: a reader takes
+A chDB query costs about a millisecond of the engine's before it reads anything, as much as
+the point read a check needs, and through the query service a round trip more; gathered, a
+busy cabinet pays them once for several checks. Nobody waits for a batch to fill: a reader takes
 whatever is waiting the moment it is free, so a lone check goes at once, and under load the
 batches grow by themselves. Each check is handed the row of its own key only, so a batch tells
 none of them anything of another's; a failed read fails each check of its batch as it would
