@@ -43,7 +43,6 @@ from ledger.warehouse.loader import (
 )
 from ledger.warehouse.reports import QueryRefused, ReportLimits
 from ledger.warehouse.service import (
-    ServiceError,
     ServiceSettings,
     query,
     read_analyst_key,
@@ -51,6 +50,7 @@ from ledger.warehouse.service import (
     service_address,
     warehouse_dir,
 )
+from ledger.warehouse.service_client import ServiceError
 
 EXIT_FAILED = 1
 UNLOADED_CAP = 100_000  # records counted past the warehouse's position at most

@@ -30,15 +30,14 @@ from ledger.warehouse.backends import QueryLimits, Row, open_warehouse
 from ledger.warehouse.reports import QueryRefused, ReportLimits, run_query, run_report
 from ledger.warehouse.service import (
     KEY_FILE,
-    ServiceError,
     ServiceSettings,
     _handler,
     _key_hash,
-    ask_service,
     query,
     service_address,
     warehouse_dir,
 )
+from ledger.warehouse.service_client import ServiceError, ask_service
 
 pytestmark = pytest.mark.adversity
 
