@@ -41,7 +41,7 @@ from cabinet.web import (
 )
 from ingest.limits import FailureLimiter
 from ingest.notifications import Notifier
-from ledger.embedded_pg import start_embedded_postgres
+from ledger.embedded_pg import database_url
 from ledger.errors import NotFound, PermissionDenied, RegistryError
 from ledger.migrate import migrate
 from ledger.receipt_check import CHECK_PATH
@@ -153,12 +153,6 @@ def build_app(context: Cabinet) -> web.Application:
     return app
 
 
-async def _database_url(settings: WebSettings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return await asyncio.to_thread(start_embedded_postgres, settings.data_dir / "pg")
-
-
 @contextlib.asynccontextmanager
 async def running_cabinet(
     settings: WebSettings, *, reader: Reader | None = None
@@ -167,7 +161,8 @@ async def running_cabinet(
     (tests hand it an in-process one)."""
     mqtt = settings.mqtt()
     notifier = None if mqtt is None else Notifier(mqtt)
-    pool = await asyncpg.create_pool(await _database_url(settings), min_size=1, max_size=POOL_SIZE)
+    dsn = await database_url(settings.data_dir, settings.database_url)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE)
     assert pool is not None
     try:
         async with pool.acquire() as conn:

@@ -15,7 +15,7 @@ import asyncpg
 
 from ingest.cli_options import option
 from ingest.settings import DEFAULT_DATA_DIR
-from ledger.embedded_pg import start_embedded_postgres
+from ledger.embedded_pg import database_url
 from ledger.errors import RegistryError
 from ledger.migrate import migrate
 
@@ -45,10 +45,9 @@ def run_with_database(
     """Runs `act` on a migrated connection and prints what it returns."""
 
     async def connected() -> str:
-        url = args.database_url or await asyncio.to_thread(
-            start_embedded_postgres, Path(args.data_dir) / "pg"
+        conn = await asyncpg.connect(
+            await database_url(Path(args.data_dir), args.database_url or None)
         )
-        conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
             return await act(conn)

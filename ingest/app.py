@@ -25,7 +25,7 @@ from ingest.settings import Settings
 from ingest.tcp_server import TcpServer
 from ingest.tls import ServerTls
 from ledger.access import ensure_bootstrap_key
-from ledger.embedded_pg import start_embedded_postgres
+from ledger.embedded_pg import database_url
 from ledger.group_commit import GroupCommitter
 from ledger.migrate import migrate
 
@@ -89,12 +89,6 @@ def _tcp_server(settings: Settings, pipeline: Pipeline, metrics: GatewayMetrics)
     metrics.watch_guessing(tcp.guard)
     metrics.watch_refusal_logs(pipeline.refusal_logs)
     return tcp
-
-
-async def database_url_for(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return await asyncio.to_thread(start_embedded_postgres, settings.data_dir / "pg")
 
 
 def _grpc_servers(
@@ -168,7 +162,7 @@ def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     """A started gateway; leaving the block drains in-flight requests and shuts it down."""
-    dsn = await database_url_for(settings)
+    dsn = await database_url(settings.data_dir, settings.database_url)
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=POOL_SIZE)
     try:
         async with pool.acquire() as conn:

@@ -23,6 +23,7 @@ from ingest.cli_options import add_log_level, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.process import start_process
 from ingest.settings import DEFAULT_DATA_DIR
+from ledger.embedded_pg import database_url
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.kgd.applications import ApplicationSettings
 from ledger.kgd.forwarder import (
@@ -33,7 +34,7 @@ from ledger.kgd.forwarder import (
 )
 from ledger.kgd.http import DEFAULT_TIMEOUT, KgdSettings
 from ledger.kgd.retry import Backoff
-from ledger.kgd.service import ForwardSettings, RunningForwarder, database_url, run_forward, status
+from ledger.kgd.service import ForwardSettings, RunningForwarder, run_forward, status
 
 DEFAULT_FORWARDER_METRICS_PORT = 7783  # 7781: the cabinet, 7782: the loader
 EXIT_FAILED = 1

@@ -5,6 +5,7 @@ in the data directory only, so nothing else on the machine is touched. As root i
 as a system user of its own, since PostgreSQL refuses to run as root.
 """
 
+import asyncio
 import warnings
 from pathlib import Path
 
@@ -33,3 +34,11 @@ def start_embedded_postgres(directory: Path) -> str:
         server = get_server(directory, cleanup_mode="stop")
     uri: str = server.get_uri()
     return uri
+
+
+async def database_url(data_dir: Path, url: str | None) -> str:
+    """The DSN every process of a data directory uses: `url` when given (a PostgreSQL of the
+    operator's), else the embedded server in DATA_DIR/pg, started or joined in a worker thread."""
+    if url:
+        return url
+    return await asyncio.to_thread(start_embedded_postgres, data_dir / "pg")

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from ledger.embedded_pg import start_embedded_postgres
+from ledger.embedded_pg import database_url
 from ledger.journal.kafka import DEFAULT_TOPIC, PLAINTEXT, KafkaSecurity
 from ledger.kgd.applications import ApplicationSettings, ApplicationWorker
 from ledger.kgd.filing import counts_by_status
@@ -59,12 +59,6 @@ class RunningForwarder:
     forwarder: Forwarder
     worker: ApplicationWorker | None
     metrics_port: int | None
-
-
-async def database_url(data_dir: Path, url: str | None) -> str:
-    if url:
-        return url
-    return await asyncio.to_thread(start_embedded_postgres, data_dir / "pg")
 
 
 def _sources(
