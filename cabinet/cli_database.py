@@ -13,30 +13,15 @@ from pathlib import Path
 
 import asyncpg
 
-from ingest.cli_options import option
-from ingest.settings import DEFAULT_DATA_DIR
+from ingest.cli_options import EXIT_FAILED, add_data_dir, add_database_url
 from ledger.embedded_pg import database_url
 from ledger.errors import RegistryError
 from ledger.migrate import migrate
 
-EXIT_FAILED = 1
-
 
 def add_database_options(p: argparse.ArgumentParser) -> None:
-    option(
-        p,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the gateway's data directory (its embedded PostgreSQL, the loader's service)",
-    )
-    option(
-        p,
-        "--database-url",
-        env="OFD_DATABASE_URL",
-        default="",
-        help="PostgreSQL DSN; empty joins the embedded server in DATA_DIR/pg",
-    )
+    add_data_dir(p, "its embedded PostgreSQL, the loader's query service")
+    add_database_url(p)
 
 
 def run_with_database(

@@ -56,6 +56,8 @@ from ingest.cli_options import (
     EXIT_USAGE,
     CliError,
     OfdParser,
+    add_data_dir,
+    add_database_url,
     add_global_options,
     add_log_level,
     fail,
@@ -80,7 +82,6 @@ from ingest.metrics import DEFAULT_METRICS_PORT
 from ingest.query_cli import add_warehouse_commands
 from ingest.settings import (
     DEFAULT_CONTROL_PORT,
-    DEFAULT_DATA_DIR,
     DEFAULT_GATEWAY_ID,
     DEFAULT_GRPC_PORT,
     DEFAULT_TCP_PORT,
@@ -179,20 +180,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run a gateway", description="Run a gateway.")
-    option(
-        serve,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the journal, the secret, the operator key and the embedded PostgreSQL live here",
-    )
-    option(
-        serve,
-        "--database-url",
-        env="OFD_DATABASE_URL",
-        default="",
-        help="PostgreSQL DSN; empty starts the embedded server in DATA_DIR/pg",
-    )
+    add_data_dir(serve, "the journal, the secret, the operator key and the embedded PostgreSQL")
+    add_database_url(serve)
     option(
         serve,
         "--host",

@@ -281,3 +281,25 @@ def add_log_level(parser: argparse.ArgumentParser, detail: str = "") -> None:
         default="info",
         help=f"JSON logs on stderr{detail}",
     )
+
+
+def add_data_dir(parser: argparse.ArgumentParser, holds: str) -> None:
+    """--data-dir, the same on every command; `holds` says what this command finds there."""
+    option(
+        parser,
+        "--data-dir",
+        env="OFD_DATA_DIR",
+        default=str(DEFAULT_DATA_DIR),
+        help=f"the gateway's data directory: {holds}",
+    )
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    """--database-url, the same on every command that reaches the registry."""
+    option(
+        parser,
+        "--database-url",
+        env="OFD_DATABASE_URL",
+        default="",
+        help="PostgreSQL DSN; empty: the embedded server in DATA_DIR/pg (started or joined)",
+    )

@@ -16,8 +16,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ingest.cli_options import CliError, option
-from ingest.settings import DEFAULT_DATA_DIR
+from ingest.cli_options import CliError, add_data_dir, option
 from ingest.tables import iso_from_us, render
 from ledger.journal import JournalCorrupt
 from ledger.journal.view import (
@@ -145,13 +144,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _data_dir(p: argparse.ArgumentParser) -> None:
-    option(
-        p,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the gateway's data directory (its journal is DATA_DIR/journal)",
-    )
+    add_data_dir(p, "its journal is DATA_DIR/journal")
 
 
 def add_journal_commands(sub: Any) -> None:

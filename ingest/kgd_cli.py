@@ -19,10 +19,9 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from ingest.cli_options import add_log_level, option
+from ingest.cli_options import add_data_dir, add_database_url, add_log_level, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.process import start_process
-from ingest.settings import DEFAULT_DATA_DIR
 from ledger.embedded_pg import database_url
 from ledger.journal.kafka import DEFAULT_TOPIC
 from ledger.kgd.applications import ApplicationSettings
@@ -154,20 +153,8 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _database(p: argparse.ArgumentParser) -> None:
-    option(
-        p,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the gateway's data directory (its journal and embedded PostgreSQL)",
-    )
-    option(
-        p,
-        "--database-url",
-        env="OFD_DATABASE_URL",
-        default="",
-        help="the registry's PostgreSQL; empty joins the embedded one in DATA_DIR/pg",
-    )
+    add_data_dir(p, "its journal and embedded PostgreSQL")
+    add_database_url(p)
     option(
         p,
         "--deadline-seconds",

@@ -23,11 +23,10 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from ingest.cli_options import CliError, add_log_level, option
+from ingest.cli_options import CliError, add_data_dir, add_log_level, option
 from ingest.kafka_options import add_kafka_security, kafka_security_from
 from ingest.process import start_process
 from ingest.progress import Progress
-from ingest.settings import DEFAULT_DATA_DIR
 from ingest.tables import FORMATS, render
 from ledger.errors import OfdError
 from ledger.journal.kafka import DEFAULT_TOPIC
@@ -259,13 +258,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    option(
-        p,
-        "--data-dir",
-        env="OFD_DATA_DIR",
-        default=str(DEFAULT_DATA_DIR),
-        help="the data directory: its journal, and the warehouse in DATA_DIR/warehouse",
-    )
+    add_data_dir(p, "its journal, and the warehouse in DATA_DIR/warehouse")
     option(
         p,
         "--clickhouse-url",
