@@ -30,14 +30,14 @@ from cabinet_support import (
     sell,
     web_settings,
 )
+from warehouse_journal import loaded_warehouse
 
 from cabinet.app import RunningCabinet, running_cabinet
 from ingest.app import RunningGateway
 from ingest.limits import FailureBudget
 from ledger import cabinet_users, registry
 from ledger.lifecycle import Action
-from ledger.warehouse.backends import QueryLimits, Reader, Row, open_warehouse
-from ledger.warehouse.loader import Loader, local_sources
+from ledger.warehouse.backends import QueryLimits, Reader, Row
 from ledger.wire import KZ_TIME
 
 
@@ -68,17 +68,13 @@ async def loaded(
 ) -> AsyncIterator[RunningCabinet]:
     """The journal loaded into an in-process warehouse, and a cabinet (with `settings`) reading
     it as an analyst (the `ofd load` query service is the browser test's path)."""
-    warehouse = open_warehouse(path=tmp_path / "warehouse")
-    try:
-        # Loads what is new (a second opening finds it all loaded).
-        sum(Loader(warehouse, lambda: local_sources(tmp_path / "journal")).drain())
+    # Loads what is new (a second opening finds it all loaded).
+    with loaded_warehouse(tmp_path) as warehouse:
         analyst = warehouse.analyst(QueryLimits())
         async with running_cabinet(
             web_settings(tmp_path, database_url, **settings), reader=analyst
         ) as running:
             yield running
-    finally:
-        warehouse.close()
 
 
 def check_path(url: str, **changes: str) -> tuple[str, dict[str, str]]:
@@ -412,9 +408,7 @@ async def test_an_archive_cut_short_fails_instead_of_looking_whole(
         client(running, shop.main.login) as browser,
     ):
         sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
-    warehouse = open_warehouse(path=tmp_path / "warehouse")
-    try:
-        sum(Loader(warehouse, lambda: local_sources(tmp_path / "journal")).drain())
+    with loaded_warehouse(tmp_path) as warehouse:
         settings = web_settings(tmp_path, database_url, archive_batch=1)
         # The first batch is read before answering: the warehouse failing then is a page.
         reader = FailingAfter(warehouse.analyst(QueryLimits()), reads=0)
@@ -438,5 +432,3 @@ async def test_an_archive_cut_short_fails_instead_of_looking_whole(
                 assert answer.status == 200
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await answer.read()
-    finally:
-        warehouse.close()

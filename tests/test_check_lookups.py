@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from warehouse_journal import receipt_record, write_journal
+from warehouse_journal import loaded_warehouse, receipt_record, write_journal
 
 from cabinet.check_lookups import CheckLookups
 from cabinet.warehouse import Documents, WarehouseUnavailable
-from ledger.warehouse.backends import QueryLimits, Row, Warehouse, open_warehouse
-from ledger.warehouse.loader import Loader, local_sources
+from ledger.warehouse.backends import QueryLimits, Row, Warehouse
 from ledger.warehouse.reports import MAX_CHECKS, QueryRefused, run_report
-from ledger.warehouse.service import warehouse_dir
 
 DB = "ofd"
 RECEIPTS = 12
@@ -43,12 +41,8 @@ class CountedReader:
 def warehouse(tmp_path: Path) -> Iterator[Warehouse]:
     journal = tmp_path / "journal" / "gw-a"
     write_journal(journal, [receipt_record(100 + n % 3, n)[0] for n in range(1, RECEIPTS)])
-    opened = open_warehouse(path=warehouse_dir(tmp_path))
-    try:
-        sum(Loader(opened, lambda: local_sources(tmp_path / "journal")).drain())
+    with loaded_warehouse(tmp_path) as opened:
         yield opened
-    finally:
-        opened.close()
 
 
 def _printed(warehouse: Warehouse) -> list[dict[str, Any]]:

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from warehouse_journal import receipt_record, write_journal
+from warehouse_journal import loaded_warehouse, receipt_record, write_journal
 
 from cabinet.warehouse import ServiceReader, named_report
-from ledger.warehouse.backends import QueryLimits, Warehouse, apply_schema, open_warehouse
+from ledger.warehouse.backends import QueryLimits, Warehouse, apply_schema
 from ledger.warehouse.cabinet_reads import checked_receipt
-from ledger.warehouse.loader import Loader, local_sources
 from ledger.warehouse.reports import QueryRefused, run_report
-from ledger.warehouse.service import ServiceSettings, run_service, service_address, warehouse_dir
+from ledger.warehouse.service import ServiceSettings, run_service, service_address
 
 DB = "ofd"
 RECEIPTS = 30
@@ -35,12 +34,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def warehouse(data_dir: Path) -> Iterator[Warehouse]:
-    wh = open_warehouse(path=warehouse_dir(data_dir))
-    try:
-        sum(Loader(wh, lambda: local_sources(data_dir / "journal")).drain())
+    with loaded_warehouse(data_dir) as wh:
         yield wh
-    finally:
-        wh.close()
 
 
 def _printed(warehouse: Warehouse, number: int) -> dict[str, Any]:

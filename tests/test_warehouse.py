@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from warehouse_journal import Sent, receipt_record, write_journal
+from warehouse_journal import Sent, load_journals, receipt_record, write_journal
 
 from ledger.warehouse.backends import QueryLimits, Warehouse, open_warehouse, schema_statements
 from ledger.warehouse.loader import (
@@ -156,7 +156,7 @@ def test_replay_fills_a_view_the_crash_cut_off(data_dir: Path, warehouse: Wareho
     for view in ("receipts_mv", "daily_device_mv"):
         warehouse.execute(f"ATTACH TABLE {DB}.{view}")
     assert int(warehouse.select(f"SELECT count() AS n FROM {DB}.receipts")[0]["n"]) == 0
-    list(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
+    load_journals(warehouse, data_dir)
     _check_exactly_once(warehouse, sent)
 
 
@@ -185,7 +185,7 @@ def test_crash_between_insert_and_position_adds_no_duplicate(data_dir: Path) -> 
     try:
         _check_exactly_once(wh, sent)
         # The replayed batch was read again: the position covers the whole journal.
-        assert sum(Loader(wh, lambda: local_sources(data_dir / "journal")).drain()) == 0
+        assert load_journals(wh, data_dir) == 0
     finally:
         wh.close()
 
@@ -256,7 +256,7 @@ def test_readonly_sql_refuses_writes(warehouse: Warehouse) -> None:
 
 def test_reports_enforce_their_limits(data_dir: Path, warehouse: Warehouse) -> None:
     sent = _journal(data_dir, 100)
-    list(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
+    load_journals(warehouse, data_dir)
     shift = run_report(warehouse, "receipts", {"device": 101, "shift": 2})
     assert shift
     assert {r["shift"] for r in shift} == {2}
@@ -287,12 +287,12 @@ def test_identity_check_runs_in_chunks(
 
     monkeypatch.setattr(loader_module, "HELD_CHECK_CHUNK", 7)
     sent = _journal(data_dir, 50)
-    list(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
+    load_journals(warehouse, data_dir)
     _check_exactly_once(warehouse, sent)
     # A rewound position (as after a lost Kafka log) re-reads everything: all held, in chunks.
     warehouse.execute(f"TRUNCATE TABLE {DB}.loader_positions")
     warehouse.execute(f"TRUNCATE TABLE {DB}.loader_intents")
-    list(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
+    load_journals(warehouse, data_dir)
     _check_exactly_once(warehouse, sent)
 
 

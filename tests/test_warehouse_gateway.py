@@ -7,6 +7,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from conftest import register_device
+from warehouse_journal import load_journals
 
 from ingest.app import RunningGateway
 from ledger import registry
@@ -132,7 +133,7 @@ async def test_revenue_per_trade_point_follows_a_device_that_moved(
 
     warehouse = open_warehouse(path=tmp_path / "warehouse")
     try:
-        assert sum(Loader(warehouse, lambda: local_sources(tmp_path / "journal")).drain()) == 3
+        assert load_journals(warehouse, tmp_path) == 3
         rows = warehouse.select(
             "SELECT organization_id, trade_point_id, sum(receipts) AS n, sum(revenue) AS r"
             f" FROM ofd.daily_trade_point WHERE organization_id = {org}"

@@ -5,6 +5,8 @@ its header, the document identity from `ledger.fiscal`), so the loader reads wha
 in production; the end-to-end test sends real traffic through a gateway instead.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,9 @@ from ledger.fiscal import ticket_identity
 from ledger.journal import JournalEntry
 from ledger.journal.local import LocalJournal
 from ledger.schemas import SCHEMAS
+from ledger.warehouse.backends import Warehouse, open_warehouse
+from ledger.warehouse.loader import Loader, local_sources
+from ledger.warehouse.service import warehouse_dir
 from ledger.wire import ENVELOPE_VERSION
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.receipts import Line, Operation, build_ticket
@@ -89,3 +94,19 @@ def write_journal(directory: Path, entries: list[JournalEntry], batch: int = 50)
             journal.append_sync(entries[i : i + batch])
     finally:
         journal._close()
+
+
+def load_journals(warehouse: Warehouse, data_dir: Path) -> int:
+    """Loads what is new in the journals of `data_dir` (as `ofd load --once`); how many."""
+    return sum(Loader(warehouse, lambda: local_sources(data_dir / "journal")).drain())
+
+
+@contextmanager
+def loaded_warehouse(data_dir: Path) -> Iterator[Warehouse]:
+    """The chDB warehouse of `data_dir`, where `ofd load` keeps it, with its journals loaded."""
+    warehouse = open_warehouse(path=warehouse_dir(data_dir))
+    try:
+        load_journals(warehouse, data_dir)
+        yield warehouse
+    finally:
+        warehouse.close()
