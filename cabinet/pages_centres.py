@@ -8,14 +8,10 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from cabinet.web import access, cabinet, error_status, ids, redirect, render, text
+from cabinet.web import access, cabinet, error_status, ids, path_id, redirect, render, text
 from ledger import cabinet_centres as centres
 from ledger import cabinet_scope as scope
 from ledger.errors import RegistryError
-
-
-def _id(request: web.Request) -> int:
-    return int(request.match_info["id"])  # the route admits digits only
 
 
 def _sections(form: MultiDictProxy[Any]) -> set[str]:
@@ -69,7 +65,7 @@ async def change_grant(request: web.Request) -> web.Response:
             await scope.change_centre_grant(
                 conn,
                 access(request),
-                _id(request),
+                path_id(request),
                 sections=_sections(form),
                 system_ids=ids(form, "device"),
             )
@@ -81,7 +77,7 @@ async def change_grant(request: web.Request) -> web.Response:
 async def stop_grant(request: web.Request) -> web.Response:
     try:
         async with cabinet(request).pool.acquire() as conn:
-            await scope.stop_centre_grant(conn, access(request), _id(request))
+            await scope.stop_centre_grant(conn, access(request), path_id(request))
     except RegistryError as err:
         return await _page(request, status=error_status(err), error=str(err))
     return redirect("/centres?done=stopped")

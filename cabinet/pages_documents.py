@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from cabinet.document_files import receipt_json, receipt_text, report_json, report_text
-from cabinet.web import access, cabinet, render
+from cabinet.web import access, cabinet, path_id, render
 from cabinet.zip_stream import Entry, zipped
 from ledger import cabinet_scope as scope
 from ledger import registry
@@ -68,7 +68,7 @@ async def _receipts(
     found = access(request)
     context = cabinet(request)
     async with context.pool.acquire() as conn:
-        device = await scope.device(conn, found, int(request.match_info["id"]), "transactions")
+        device = await scope.device(conn, found, path_id(request), "transactions")
     query = request.query
     params: dict[str, Any] = {"device": device.system_id}
     shown: dict[str, str] = {"shift": "", "from": "", "to": ""}
@@ -172,9 +172,7 @@ async def _one_receipt(
 ) -> tuple[registry.Device, Receipt | None, registry.TradePoint | None]:
     context = cabinet(request)
     async with context.pool.acquire() as conn:
-        device = await scope.device(
-            conn, access(request), int(request.match_info["id"]), "transactions"
-        )
+        device = await scope.device(conn, access(request), path_id(request), "transactions")
     held = await context.documents.run(receipt, device.system_id, request.match_info["sign"])
     if held is None:
         return device, None, None
@@ -284,7 +282,7 @@ async def _reports(
     found = access(request)
     context = cabinet(request)
     async with context.pool.acquire() as conn:
-        device = await scope.device(conn, found, int(request.match_info["id"]), "reports")
+        device = await scope.device(conn, found, path_id(request), "reports")
     shown = {"from": "", "to": ""}
     try:
         shown["from"] = _day(request.query.get("from") or _today())

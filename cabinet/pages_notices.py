@@ -9,7 +9,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from cabinet.security import Handler
-from cabinet.web import ACCESS, UNREAD, access, cabinet, redirect, render, text
+from cabinet.web import ACCESS, UNREAD, access, cabinet, path_id, redirect, render, text
 from ledger import cabinet_notices
 from ledger.errors import InvalidRequest
 from ledger.wire import KZ_TIME
@@ -70,7 +70,7 @@ async def show_notices(request: web.Request) -> web.Response:
 async def mark_read(request: web.Request) -> web.Response:
     form = await request.post()
     async with cabinet(request).pool.acquire() as conn:
-        await cabinet_notices.mark_read(conn, access(request), int(request.match_info["id"]))
+        await cabinet_notices.mark_read(conn, access(request), path_id(request))
     return redirect(_back(form))
 
 

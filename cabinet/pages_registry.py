@@ -12,6 +12,7 @@ from cabinet.web import (
     coordinate,
     error_status,
     number,
+    path_id,
     redirect,
     render,
     text,
@@ -20,10 +21,6 @@ from ledger import cabinet_scope as scope
 from ledger import registry
 from ledger.errors import InvalidRequest, RegistryError
 from ledger.lifecycle import TRANSITIONS, Action, DeviceStatus
-
-
-def _id(request: web.Request, name: str = "id") -> int:
-    return int(request.match_info[name])  # the route admits digits only
 
 
 async def home(request: web.Request) -> web.Response:
@@ -142,7 +139,7 @@ async def _point_page(
 ) -> web.Response:
     found = access(request)
     async with cabinet(request).pool.acquire() as conn:
-        point = await scope.point(conn, found, _id(request), "points")
+        point = await scope.point(conn, found, path_id(request), "points")
         devices = (
             await scope.devices(conn, found, point_id=point.id) if found.may("devices") else []
         )
@@ -166,16 +163,16 @@ async def update_point(request: web.Request) -> web.Response:
     form = await request.post()
     try:
         async with cabinet(request).pool.acquire() as conn:
-            await scope.update_point(conn, access(request), _point_from(form, _id(request)))
+            await scope.update_point(conn, access(request), _point_from(form, path_id(request)))
     except RegistryError as err:
         return await _point_page(request, status=error_status(err), error=str(err), values=form)
-    return redirect(f"/points/{_id(request)}?done=saved")
+    return redirect(f"/points/{path_id(request)}?done=saved")
 
 
 async def delete_point(request: web.Request) -> web.Response:
     try:
         async with cabinet(request).pool.acquire() as conn:
-            await scope.delete_point(conn, access(request), _id(request))
+            await scope.delete_point(conn, access(request), path_id(request))
     except RegistryError as err:
         return await _point_page(request, status=error_status(err), error=str(err))
     return redirect("/points?done=deleted")
@@ -242,7 +239,7 @@ async def _device_page(
 ) -> web.Response:  # fmt: skip
     found = access(request)
     async with cabinet(request).pool.acquire() as conn:
-        reached = await scope.reach(conn, found, _id(request), "devices")
+        reached = await scope.reach(conn, found, path_id(request), "devices")
         device = reached.device
         application = await scope.application(conn, found, device.system_id)
         point = await registry.get_trade_point(conn, device.trade_point_id)
@@ -279,10 +276,12 @@ async def move_device(request: web.Request) -> web.Response:
     try:
         point = number(form, "point", low=1) if action is Action.REREGISTER else 0
         async with cabinet(request).pool.acquire() as conn:
-            await scope.lifecycle(conn, access(request), _id(request), action, trade_point_id=point)
+            await scope.lifecycle(
+                conn, access(request), path_id(request), action, trade_point_id=point
+            )
     except RegistryError as err:
         return await _device_page(request, status=error_status(err), error=str(err))
-    return redirect(f"/kkm/{_id(request)}?done=moved")
+    return redirect(f"/kkm/{path_id(request)}?done=moved")
 
 
 async def get_token(request: web.Request) -> web.Response:
@@ -290,7 +289,7 @@ async def get_token(request: web.Request) -> web.Response:
     audited."""
     try:
         async with cabinet(request).pool.acquire() as conn:
-            token = await scope.get_token(conn, access(request), _id(request))
+            token = await scope.get_token(conn, access(request), path_id(request))
     except RegistryError as err:
         return await _device_page(request, status=error_status(err), error=str(err))
     return await _device_page(request, token=token)
@@ -308,7 +307,7 @@ async def issue_token(request: web.Request) -> web.Response:
         )
     try:
         async with cabinet(request).pool.acquire() as conn:
-            token = await scope.new_token(conn, access(request), _id(request))
+            token = await scope.new_token(conn, access(request), path_id(request))
     except RegistryError as err:
         return await _device_page(request, status=error_status(err), error=str(err))
     return await _device_page(request, token=token, new_token=True)

@@ -4,7 +4,7 @@ ledger/subscriptions.py's."""
 
 from aiohttp import web
 
-from cabinet.web import access, cabinet, redirect, render, text
+from cabinet.web import access, cabinet, path_id, redirect, render, text
 from ledger import cabinet_scope as scope
 from ledger import subscriptions
 from ledger.errors import InvalidRequest
@@ -25,5 +25,5 @@ async def set_auto_renew(request: web.Request) -> web.Response:
     if on is None:
         raise InvalidRequest("auto_renew: on or off")
     async with cabinet(request).pool.acquire() as conn:
-        await subscriptions.set_auto_renew(conn, access(request), int(request.match_info["id"]), on)
+        await subscriptions.set_auto_renew(conn, access(request), path_id(request), on)
     return redirect("/subscriptions?done=saved")

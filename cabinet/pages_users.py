@@ -5,7 +5,17 @@ from typing import Any
 
 from aiohttp import web
 
-from cabinet.web import access, cabinet, error_status, ids, kdf_turn, redirect, render, text
+from cabinet.web import (
+    access,
+    cabinet,
+    error_status,
+    ids,
+    kdf_turn,
+    path_id,
+    redirect,
+    render,
+    text,
+)
 from ledger import cabinet_scope as scope
 from ledger import cabinet_users as users
 from ledger.errors import InvalidRequest, RegistryError
@@ -74,7 +84,7 @@ async def add_user(request: web.Request) -> web.Response:
 async def change_user(request: web.Request) -> web.Response:
     found = _main(request)
     form = await request.post()
-    user_id = int(request.match_info["id"])
+    user_id = path_id(request)
     try:
         async with cabinet(request).pool.acquire() as conn, conn.transaction():
             await users.set_user_groups(conn, found.organization_id, user_id, ids(form, "group"))
@@ -110,7 +120,7 @@ async def delete_group(request: web.Request) -> web.Response:
     found = _main(request)
     try:
         async with cabinet(request).pool.acquire() as conn:
-            await users.delete_group(conn, found.organization_id, int(request.match_info["id"]))
+            await users.delete_group(conn, found.organization_id, path_id(request))
     except RegistryError as err:
         return await _page(request, status=error_status(err), error=str(err))
     return redirect("/users?done=deleted")

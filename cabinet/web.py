@@ -314,6 +314,11 @@ def coordinate(form: MultiDictProxy[Any], name: str) -> int:
     return int(value)
 
 
+def path_id(request: web.Request) -> int:
+    """The page's {id}: digits only, as the route admits (app.ID), so never a bad number."""
+    return int(request.match_info["id"])
+
+
 def ticket_and_code(form: MultiDictProxy[Any]) -> tuple[str, str]:
     """A one-time code's form (ledger/cabinet_codes): the ticket it carries and the code typed,
     both "" when not text; the code cut to a length no code exceeds."""
