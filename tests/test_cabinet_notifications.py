@@ -255,6 +255,23 @@ async def _cashier(database_url: str, shop: Shop, sections: set[str], point_ids:
     return user.login
 
 
+async def _two_shops(database_url: str) -> tuple[Shop, Shop, tuple[int, int, int]]:
+    """A shop with a register in each of its two points, and another organization's shop with
+    one: the registers (the first point's, the second point's, the other organization's)."""
+    shop = await make_shop(database_url)
+    other = await make_shop(database_url, "ТОО Бөтен")
+    async with connected(database_url) as conn:
+        second = await registry.add_trade_point(
+            conn, registry.TradePoint(0, shop.organization.id, "Дүкен №2", "", "", 0, 0)
+        )
+        registers = (
+            await _device(conn, shop.point.id),
+            await _device(conn, second.id),
+            await _device(conn, other.point.id),
+        )
+    return shop, other, registers
+
+
 async def _unread(browser: Client) -> str:
     page = await browser.get("/")
     assert page.status == 200
@@ -264,15 +281,8 @@ async def _unread(browser: Client) -> str:
 
 @pytest.mark.adversity
 async def test_the_notifications_page(tmp_path: Path, database_url: str) -> None:
-    shop = await make_shop(database_url)
-    other = await make_shop(database_url, "ТОО Бөтен")
+    shop, other, (mine, theirs, foreign) = await _two_shops(database_url)
     async with connected(database_url) as conn:
-        second = await registry.add_trade_point(
-            conn, registry.TradePoint(0, shop.organization.id, "Дүкен №2", "", "", 0, 0)
-        )
-        mine = await _device(conn, shop.point.id)
-        theirs = await _device(conn, second.id)
-        foreign = await _device(conn, other.point.id)
         await registry.set_blocked(conn, mine, True, "блок первой точки")
         await registry.set_blocked(conn, theirs, True, "блок второй точки")
         await registry.set_blocked(conn, foreign, True, "чужой блок")
@@ -351,15 +361,8 @@ async def _notice_id(database_url: str, system_id: int) -> int:
 
 @pytest.mark.adversity
 async def test_the_subscriptions_page(tmp_path: Path, database_url: str) -> None:
-    shop = await make_shop(database_url)
-    other = await make_shop(database_url, "ТОО Бөтен")
+    shop, _, (mine, theirs, foreign) = await _two_shops(database_url)
     async with connected(database_url) as conn:
-        second = await registry.add_trade_point(
-            conn, registry.TradePoint(0, shop.organization.id, "Дүкен №2", "", "", 0, 0)
-        )
-        mine = await _device(conn, shop.point.id)
-        theirs = await _device(conn, second.id)
-        foreign = await _device(conn, other.point.id)
         await subscriptions.set_term(
             conn, mine, paid_until=date(2099, 1, 31), period_months=3, auto_renew=False,
             today=TODAY, by="test",
