@@ -42,22 +42,27 @@ from ledger.wire import KZ_TIME
 
 
 async def register_and_sell(
-    browser: Client, gateway: RunningGateway, database_url: str, point_id: int
+    tmp_path: Path, database_url: str, gateway: RunningGateway, shop: Shop
 ) -> Sold:
-    """Registers a register in the cabinet, has the KGD accept it, types the cabinet's token
-    into a simulated register, and sells (cabinet_support.sell)."""
-    await browser.get("/kkm")
-    page = await browser.post(
-        "/kkm",
-        {"point": str(point_id), "kgd": KGD, "serial": "SN-1", "model": "KKM-1", "year": "2025"},
-    )
-    system_id = int(page.url.rsplit("/", 1)[1].split("?")[0])
-    conn = await asyncpg.connect(database_url)
-    try:
-        await registry.transition(conn, system_id, Action.ACTIVATE)  # the KGD's acceptance
-    finally:
-        await conn.close()
-    found = TOKEN.search((await browser.post(f"/kkm/{system_id}/token")).text)
+    """The shop's main user registers a register in the cabinet, the KGD accepts it, and a
+    simulated register keyed with the cabinet's token sells (cabinet_support.sell)."""
+    async with (
+        cabinet_at(tmp_path, database_url) as running,
+        client(running, shop.main.login) as browser,
+    ):
+        await browser.get("/kkm")
+        page = await browser.post(
+            "/kkm",
+            {"point": str(shop.point.id), "kgd": KGD, "serial": "SN-1", "model": "KKM-1",
+             "year": "2025"},
+        )  # fmt: skip
+        system_id = int(page.url.rsplit("/", 1)[1].split("?")[0])
+        conn = await asyncpg.connect(database_url)
+        try:
+            await registry.transition(conn, system_id, Action.ACTIVATE)  # the KGD's acceptance
+        finally:
+            await conn.close()
+        found = TOKEN.search((await browser.post(f"/kkm/{system_id}/token")).text)
     assert found
     return await sell(gateway, system_id, int(found[1]))
 
@@ -87,11 +92,7 @@ async def test_the_owner_finds_receipts_reports_and_the_customer_checks_one(
     tmp_path: Path, database_url: str, gateway: RunningGateway
 ) -> None:
     shop = await make_shop(database_url)
-    async with (
-        cabinet_at(tmp_path, database_url) as running,
-        client(running, shop.main.login) as browser,
-    ):
-        sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
+    sold = await register_and_sell(tmp_path, database_url, gateway, shop)
     # The gateway printed its default: this deployment's own check page.
     assert sold.qr_urls[0].startswith("http://127.0.0.1:7781/check?i=")
 
@@ -186,11 +187,7 @@ async def test_guessing_receipts_is_limited_per_address(
     tmp_path: Path, database_url: str, gateway: RunningGateway
 ) -> None:
     shop = await make_shop(database_url)
-    async with (
-        cabinet_at(tmp_path, database_url) as running,
-        client(running, shop.main.login) as browser,
-    ):
-        sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
+    sold = await register_and_sell(tmp_path, database_url, gateway, shop)
     budget = FailureBudget(failures=3, window_seconds=60.0)
     async with (
         loaded(tmp_path, database_url, check_misses=budget) as running,
@@ -224,11 +221,7 @@ async def test_receipts_and_reports_download_as_archives_and_the_zs_stand_side_b
     tmp_path: Path, database_url: str, gateway: RunningGateway
 ) -> None:
     shop = await make_shop(database_url)
-    async with (
-        cabinet_at(tmp_path, database_url) as running,
-        client(running, shop.main.login) as browser,
-    ):
-        sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
+    sold = await register_and_sell(tmp_path, database_url, gateway, shop)
     # Two receipts a batch: the period's archive is read in two batches.
     async with (
         loaded(tmp_path, database_url, archive_batch=2) as running,
@@ -344,11 +337,7 @@ async def test_archives_refuse_another_organization_and_an_ungranted_section(
     tmp_path: Path, database_url: str, gateway: RunningGateway
 ) -> None:
     shop, other = await make_shop(database_url), await make_shop(database_url, "ТОО Басқа")
-    async with (
-        cabinet_at(tmp_path, database_url) as running,
-        client(running, shop.main.login) as browser,
-    ):
-        sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
+    sold = await register_and_sell(tmp_path, database_url, gateway, shop)
     conn = await asyncpg.connect(database_url)
     try:
         for login, section in (("reporter", "reports"), ("cashier", "transactions")):
@@ -403,11 +392,7 @@ async def test_an_archive_cut_short_fails_instead_of_looking_whole(
     tmp_path: Path, database_url: str, gateway: RunningGateway
 ) -> None:
     shop = await make_shop(database_url)
-    async with (
-        cabinet_at(tmp_path, database_url) as running,
-        client(running, shop.main.login) as browser,
-    ):
-        sold = await register_and_sell(browser, gateway, database_url, shop.point.id)
+    sold = await register_and_sell(tmp_path, database_url, gateway, shop)
     with loaded_warehouse(tmp_path) as warehouse:
         settings = web_settings(tmp_path, database_url, archive_batch=1)
         # The first batch is read before answering: the warehouse failing then is a page.
