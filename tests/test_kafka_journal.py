@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import gateway_settings, register_device
+from wire import numbered_ticket
 
 from ingest.app import running_gateway
 from ingest.cli import EXIT_USAGE, main
@@ -34,11 +35,9 @@ from ledger.journal import JournalEntry
 from ledger.journal.kafka import KafkaJournal, KafkaSettings, decode_key, ensure_topic
 from ledger.journal.local import LocalJournal
 from ledger.journal.spool import SpoolingJournal
-from ledger.schemas import SCHEMAS
 from ledger.wire import ResultCode, without_token
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import SimulatedKkm
-from simulators.receipts import Line, build_ticket
 from simulators.stage.kafka import KafkaCluster
 
 PARTITIONS = 4
@@ -118,14 +117,7 @@ def _read_to_end(
 
 
 def ticket(number: int) -> Any:
-    return build_ticket(
-        SCHEMAS[VERSION],
-        when=FIRST_RECEIPT_AT + timedelta(seconds=number),
-        shift_number=1,
-        document_number=number,
-        lines=[Line("Нан / Хлеб", "1", 2000, 25000)],
-        payment="card",
-    )
+    return numbered_ticket(VERSION, number, FIRST_RECEIPT_AT)
 
 
 async def device_row(database_url: str, system_id: int) -> dict[str, Any]:

@@ -15,20 +15,19 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from conftest import gateway_settings, register_device
+from wire import numbered_ticket
 
 from ingest.app import running_gateway
 from ledger.journal.view import journal_records
-from ledger.schemas import SCHEMAS
 from ledger.wire import ResultCode
 from simulators.kkm import SimulatedKkm
-from simulators.receipts import Line, build_ticket
 from simulators.stage.postgres import PostgresServer
 
 pytestmark = pytest.mark.topology
@@ -64,14 +63,7 @@ class Till:
 
 
 def receipt(number: int) -> Any:
-    return build_ticket(
-        SCHEMAS[VERSION],
-        when=START + timedelta(seconds=number),
-        shift_number=1,
-        document_number=number,
-        lines=[Line("Нан / Хлеб", "1", 2000, 25000)],
-        payment="card",
-    )
+    return numbered_ticket(VERSION, number, START)
 
 
 async def sell(till: Till, stop: asyncio.Event, progress: asyncio.Condition) -> None:

@@ -22,19 +22,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from wire import numbered_ticket
 
 from benchmarks.fleet import register_devices
 from ledger.journal.kafka import decode_key
-from ledger.schemas import SCHEMAS
 from ledger.wire import ResultCode
 from ofdproto.journal.v1.record_pb2 import JournalRecord
 from simulators.kkm import DeviceOffline, SimulatedKkm
-from simulators.receipts import Line, build_ticket
 from simulators.stage.topology import Topology
 
 pytestmark = [
@@ -70,14 +69,7 @@ class Till:
 
 
 def receipt(number: int) -> Any:
-    return build_ticket(
-        SCHEMAS[VERSION],
-        when=START + timedelta(seconds=number),
-        shift_number=1,
-        document_number=number,
-        lines=[Line("Нан / Хлеб", "1", 2000, 25000)],
-        payment="card",
-    )
+    return numbered_ticket(VERSION, number, START)
 
 
 async def answered(till: Till, request: Any) -> Any:

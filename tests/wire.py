@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,19 @@ def ticket(version: int, document_number: int = 1) -> Any:
         shift_number=1,
         document_number=document_number,
         lines=[Line("Нан / Хлеб", "1", 2000, 18000)],
+        payment="card",
+    )
+
+
+def numbered_ticket(version: int, number: int, first_at: datetime) -> Any:
+    """The `number`-th one-line card sale of shift 1, sold `number` seconds after `first_at`:
+    a till selling steadily, for the tests that count what arrives."""
+    return build_ticket(
+        SCHEMAS[version],
+        when=first_at + timedelta(seconds=number),
+        shift_number=1,
+        document_number=number,
+        lines=[Line("Нан / Хлеб", "1", 2000, 25000)],
         payment="card",
     )
 
